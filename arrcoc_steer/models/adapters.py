@@ -82,7 +82,7 @@ class ModelSpec:
     final_norm: str | None = None
     down_proj_transposed: bool = False
     image_token_id: int | None = None
-    action_token_ids: tuple[int, ...] = ()
+    action_token_ids: tuple[int, ...] = field(default=(), repr=False)
     describe_token: Callable[[int], str | None] | None = field(default=None, compare=False, repr=False)
 
     def __post_init__(self):
@@ -169,22 +169,34 @@ def spec_for(model: nn.Module) -> ModelSpec:
 
 # ---------------------------------------------------------------------------------- discovery
 def _linear_dims(module: nn.Module) -> tuple[int, int, bool] | None:
-    """``(in, out, transposed)`` of a Linear or a GPT-2 style Conv1D, else ``None``."""
-    if isinstance(module, nn.Linear):
-        return module.in_features, module.out_features, False
+    """``(in, out, transposed)`` of a linear map, else ``None``.
+
+    Covers ``nn.Linear``, wrappers that expose ``in_features``/``out_features`` (LoRA layers) and
+    GPT-2's ``Conv1D``, which stores its weight as ``(in, out)``.
+    """
     weight = getattr(module, "weight", None)
-    if type(module).__name__ == "Conv1D" and isinstance(weight, torch.Tensor) and weight.ndim == 2:
-        return weight.shape[0], weight.shape[1], True  # Conv1D stores (in, out)
+    if not isinstance(weight, torch.Tensor) or weight.ndim != 2:
+        return None
+    if type(module).__name__ == "Conv1D":
+        return weight.shape[0], weight.shape[1], True
+    n_in, n_out = getattr(module, "in_features", None), getattr(module, "out_features", None)
+    if isinstance(n_in, int) and isinstance(n_out, int):
+        return n_in, n_out, False
     return None
 
 
 def _down_projection(block: nn.Module, d_model: int) -> tuple[str, int, bool] | None:
-    """The block's FFN output projection as ``(path, d_ff, transposed)``, or ``None``."""
+    """The block's FFN output projection as ``(path, d_ff, transposed)``, or ``None``.
+
+    A linear map ``d_ff -> d_model`` with ``d_ff > d_model`` outside attention; of nested matches
+    (a LoRA wrapper and its base layer) the outermost, whose input every path reads.
+    """
     found = []
     for name, module in block.named_modules():
         dims = _linear_dims(module)
         if dims and dims[1] == d_model and dims[0] > d_model and "att" not in name.lower():
-            found.append((name, dims[0], dims[2]))
+            if not any(name.startswith(outer + ".") for outer, _, _ in found):
+                found.append((name, dims[0], dims[2]))
     if len(found) > 1:  # prefer a conventional name, e.g. a block that also has a fused output
         named = [f for f in found if f[0].rsplit(".", 1)[-1] in _DOWN_NAMES]
         found = named if len(named) == 1 else found
@@ -409,7 +421,11 @@ class Adapter:
         """
         own = getattr(self.model, "token_roles", None)
         if callable(own):
-            return own()
+            roles = own()
+            if roles is None:
+                raise AdapterError(f"{type(self.model).__name__}.token_roles() returned None: it is "
+                                   f"only defined while the model's forward call is running")
+            return roles
         if input_ids is None:
             raise AdapterError(f"{self.spec.arch}: token positions need the call's input_ids "
                                f"(or a model.token_roles() method)")

@@ -1,0 +1,331 @@
+"""Concepts: named sets of FFN neurons found from keywords in a :class:`~arrcoc_steer.atlas.NeuronAtlas`.
+
+:func:`find_concept` follows Häon et al. (CoRL 2025, arXiv 2509.00328), which steer a VLA by
+neurons whose value vectors promote a concept's words, grouped by semantic alignment:
+
+1. **Keywords -> tokens.** Each keyword must be a vocabulary word (word-start markers and case
+   ignored); otherwise :class:`~arrcoc_steer.errors.UnknownNameError` lists the nearest tokens.
+2. **Expansion.** Each keyword gets its ``expand`` nearest words by cosine similarity in the input
+   embedding (``fast`` -> ``quickly``, ``rapid``, ...), kept if similarity >= ``min_similarity``.
+   Token weight ``w(t)`` = 1 for a keyword, its similarity for an expansion word.
+3. **Ranking.** A neuron's score is its rank-weighted hits (:meth:`NeuronAtlas.neuron_scores`):
+   ``sum_j w(t_j) * (k - j) / k`` over its top-k tokens ``t_0..t_{k-1}``. The ``top_n`` best with
+   a positive score form the concept.
+4. **Clustering.** Value vectors are compared by cosine; two neurons are linked when each is among
+   the other's ``cluster_k`` nearest (mutual kNN) with cosine >= ``cluster_threshold``; the
+   connected components are the concept's clusters (neurons writing the same direction).
+
+A :class:`ConceptSet` keeps its provenance (keywords, expansion, scores, layers, the model's layout
+and weights hash) and round-trips through YAML, including the paper's flat-index form
+(``flat = layer * d_ff + neuron``) so published neuron dictionaries load.
+"""
+
+from __future__ import annotations
+
+import difflib
+from collections.abc import Iterable, Mapping
+from dataclasses import dataclass, field, replace
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from .atlas import NeuronAtlas
+from .errors import ConfigError, SteeringError, UnknownNameError
+from .models.adapters import Adapter, ModelSpec
+
+FORMAT = "arrcoc-concepts/1"
+
+
+@dataclass(frozen=True)
+class ModelRef:
+    """Which model a set of neuron indices belongs to (layout, and weights when known)."""
+
+    arch: str
+    n_layers: int
+    d_ff: int
+    weights_hash: str | None = None
+
+    @classmethod
+    def of(cls, source: NeuronAtlas | ModelSpec | Adapter | nn.Module) -> ModelRef:
+        if isinstance(source, NeuronAtlas):
+            m = source.meta
+            return cls(m["arch"], m["n_layers"], m["d_ff"], m["weights_hash"])
+        spec = source if isinstance(source, ModelSpec) else (
+            source.spec if isinstance(source, Adapter) else Adapter(source).spec)
+        return cls(spec.arch, spec.n_layers, spec.d_ff)
+
+    def check(self, other: ModelRef, what: str = "concept") -> None:
+        """Raise :class:`SteeringError` unless ``other`` has this layout (and weights, if both known)."""
+        if (self.n_layers, self.d_ff) != (other.n_layers, other.d_ff):
+            raise SteeringError(f"this {what} was built for {self.arch} ({self.n_layers} layers x "
+                                f"{self.d_ff} neurons) but the model is {other.arch} ({other.n_layers} "
+                                f"x {other.d_ff}); find the concept again in this model's atlas")
+        if self.weights_hash and other.weights_hash and self.weights_hash != other.weights_hash:
+            raise SteeringError(f"this {what} was built from other weights of {self.arch} "
+                                f"({self.weights_hash[:12]} vs {other.weights_hash[:12]})")
+
+
+@dataclass(frozen=True)
+class ConceptSet:
+    """A named set of FFN neurons ``(layer, neuron)`` with the provenance of how it was found."""
+
+    name: str
+    neurons: tuple[tuple[int, int], ...]
+    scores: tuple[float, ...] = ()
+    clusters: tuple[tuple[int, ...], ...] = ()  # indices into ``neurons``
+    keywords: tuple[str, ...] = ()
+    against: tuple[str, ...] = ()
+    expanded: tuple[tuple[str, float], ...] = ()  # (word, similarity to its keyword)
+    model: ModelRef | None = None
+
+    def __post_init__(self):
+        neurons = tuple((int(l), int(n)) for l, n in self.neurons)
+        object.__setattr__(self, "neurons", neurons)
+        object.__setattr__(self, "scores", tuple(float(s) for s in self.scores))
+        object.__setattr__(self, "clusters", tuple(tuple(int(i) for i in c) for c in self.clusters))
+        if any(l < 0 or n < 0 for l, n in neurons):
+            raise ConfigError(f"concept {self.name!r} has a negative layer or neuron index")
+        if len(set(neurons)) != len(neurons):
+            raise ConfigError(f"concept {self.name!r} lists a neuron twice")
+        if self.scores and len(self.scores) != len(neurons):
+            raise ConfigError(f"concept {self.name!r}: {len(self.scores)} scores for {len(neurons)} neurons")
+        if self.model is not None:
+            for layer, neuron in neurons:
+                if layer >= self.model.n_layers or neuron >= self.model.d_ff:
+                    raise ConfigError(f"concept {self.name!r}: neuron ({layer}, {neuron}) is outside "
+                                      f"{self.model.arch} ({self.model.n_layers} x {self.model.d_ff})")
+
+    def __len__(self) -> int:
+        return len(self.neurons)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted({l for l, _ in self.neurons}))
+
+    def cluster(self, i: int) -> ConceptSet:
+        """The concept restricted to its ``i``-th cluster (largest first)."""
+        keep = self.clusters[i]
+        return replace(self, name=f"{self.name}/{i}", neurons=tuple(self.neurons[j] for j in keep),
+                       scores=tuple(self.scores[j] for j in keep) if self.scores else (),
+                       clusters=(tuple(range(len(keep))),))
+
+    def flat(self, d_ff: int | None = None) -> list[int]:
+        """The paper's flat indices ``layer * d_ff + neuron``."""
+        d_ff = _d_ff(self, d_ff)
+        return [l * d_ff + n for l, n in self.neurons]
+
+    def describe(self, atlas: NeuronAtlas | None = None, k: int = 6) -> str:
+        lines = [f"{self.name}: {len(self)} neurons in layers {list(self.layers)}"
+                 + (f", keywords {list(self.keywords)}" if self.keywords else "")]
+        for i, (layer, neuron) in enumerate(self.neurons):
+            score = f" {self.scores[i]:.2f}" if self.scores else ""
+            tokens = f" {atlas.tokens(layer, neuron, k)}" if atlas is not None else ""
+            lines.append(f"  L{layer} N{neuron}{score}{tokens}")
+        return "\n".join(lines)
+
+    # -------------------------------------------------------------------------------- YAML
+    def to_dict(self, flat: bool = False) -> dict:
+        data: dict = {}
+        if self.keywords:
+            data["keywords"] = list(self.keywords)
+        if self.against:
+            data["against"] = list(self.against)
+        if self.expanded:
+            data["expanded"] = {w: round(s, 4) for w, s in self.expanded}
+        if flat:
+            data["d_ff"] = _d_ff(self, None)
+            data["flat"] = self.flat()
+        else:
+            data["neurons"] = [list(p) for p in self.neurons]
+        if self.scores:
+            data["scores"] = [round(s, 4) for s in self.scores]
+        if self.clusters:
+            data["clusters"] = [list(c) for c in self.clusters]
+        if self.model is not None:
+            data["model"] = {k: v for k, v in vars(self.model).items() if v is not None}
+        return data
+
+    @classmethod
+    def from_dict(cls, name: str, data, d_ff: int | None = None) -> ConceptSet:
+        """Read one concept: a mapping as :meth:`to_dict` writes, or a bare list of neurons.
+
+        A bare list holds ``[layer, neuron]`` pairs or flat ints (the paper's dictionaries);
+        flat ints need ``d_ff`` from the entry, the file or the argument.
+        """
+        if not isinstance(data, Mapping):
+            data = {"neurons": data}
+        model = ModelRef(**data["model"]) if "model" in data else None
+        d_ff = data.get("d_ff", d_ff if d_ff is not None else (model.d_ff if model else None))
+        if "flat" in data or any(isinstance(x, int) for x in data.get("neurons", [])):
+            flat = data.get("flat", data.get("neurons"))
+            if d_ff is None:
+                raise ConfigError(f"concept {name!r} lists flat neuron indices; give d_ff (neurons "
+                                  f"per layer) in the file or as load_concepts(..., d_ff=...)")
+            neurons = [divmod(int(i), int(d_ff)) for i in flat]
+        elif "neurons" in data:
+            neurons = [tuple(p) for p in data["neurons"]]
+        else:
+            raise ConfigError(f"concept {name!r} has neither 'neurons' nor 'flat'")
+        return cls(name=name, neurons=tuple(neurons), scores=tuple(data.get("scores", ())),
+                   clusters=tuple(tuple(c) for c in data.get("clusters", ())),
+                   keywords=tuple(data.get("keywords", ())), against=tuple(data.get("against", ())),
+                   expanded=tuple((str(w), float(s)) for w, s in data.get("expanded", {}).items()),
+                   model=model)
+
+
+def save_concepts(path: str | Path, concepts: Iterable[ConceptSet] | Mapping[str, ConceptSet],
+                  flat: bool = False) -> Path:
+    """Write concepts as a YAML dictionary (``flat=True``: the paper's flat-index form)."""
+    import yaml
+
+    items = concepts.values() if isinstance(concepts, Mapping) else concepts
+    doc = {"format": FORMAT, "concepts": {c.name: c.to_dict(flat=flat) for c in items}}
+    path = Path(path)
+    path.write_text(yaml.safe_dump(doc, sort_keys=False, default_flow_style=None, width=100))
+    return path
+
+
+def load_concepts(path: str | Path, d_ff: int | None = None) -> dict[str, ConceptSet]:
+    """Read a YAML concept dictionary written by :func:`save_concepts` or in the paper's form.
+
+    Accepted: ``{concepts: {name: entry}}`` or a bare ``{name: entry}`` mapping, where an entry is
+    a mapping (``neurons`` or ``flat`` + ``d_ff``) or a plain list of flat ints / pairs.
+    A top-level ``d_ff`` applies to every entry.
+    """
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text()) or {}
+    if not isinstance(doc, Mapping):
+        raise ConfigError(f"{path}: a concept dictionary is a YAML mapping, got {type(doc).__name__}")
+    d_ff = doc.get("d_ff", d_ff)
+    entries = doc.get("concepts", {k: v for k, v in doc.items() if k not in ("format", "d_ff")})
+    return {name: ConceptSet.from_dict(str(name), entry, d_ff) for name, entry in entries.items()}
+
+
+def _d_ff(concept: ConceptSet, d_ff: int | None) -> int:
+    if d_ff is None and concept.model is None:
+        raise ConfigError(f"concept {concept.name!r} has no model layout; give d_ff")
+    return d_ff if d_ff is not None else concept.model.d_ff
+
+
+# ------------------------------------------------------------------------------- discovery
+@torch.no_grad()
+def find_concept(atlas: NeuronAtlas, keywords: str | Iterable[str], model: nn.Module | Adapter, *,
+                 name: str | None = None, against: str | Iterable[str] = (), expand: int = 8,
+                 min_similarity: float = 0.4, top_n: int = 20, layers: Iterable[int] | None = None,
+                 k: int | None = None, cluster_k: int = 3,
+                 cluster_threshold: float | None = None) -> ConceptSet:
+    """The ``top_n`` neurons whose top tokens best express ``keywords`` (see the module doc).
+
+    Args:
+        atlas: the model's neuron atlas.
+        keywords: one word or several (``["fast", "quick"]``); each must be in the vocabulary.
+        model: the model the atlas was built from (for its embedding and value vectors).
+        name: the concept's name (default: the first keyword).
+        against: opposite words (``"slow"`` for ``"fast"``). Embedding neighbours include
+            antonyms (``slow`` -> ``faster``); an expansion word closer to an ``against`` word is
+            dropped, and tokens of the opposite side count negatively in the score.
+        expand: nearest embedding neighbours added per keyword (0 disables expansion).
+        min_similarity: cosine floor for an expansion word.
+        top_n: neurons kept (those with a positive score).
+        layers: restrict to these layers (e.g. the ones a KV-prefix action expert reads).
+        k: top tokens per neuron considered (default: all the atlas kept).
+        cluster_k, cluster_threshold: mutual-kNN clustering of the chosen value vectors; the
+            threshold defaults to ``3 / sqrt(d_model)``, three standard deviations of the cosine
+            between random directions.
+    """
+    adapter = model if isinstance(model, Adapter) else Adapter(model)
+    ModelRef.of(atlas).check(ModelRef.of(adapter), what="atlas")
+    keywords = (keywords,) if isinstance(keywords, str) else tuple(keywords)
+    against = (against,) if isinstance(against, str) else tuple(against)
+    if not keywords:
+        raise ConfigError("find_concept needs at least one keyword")
+    embedding = adapter.embedding()
+    pos = _expand(atlas, embedding, keywords, expand, min_similarity, rivals=against)
+    neg = _expand(atlas, embedding, against, expand, min_similarity, rivals=keywords)
+
+    weight = atlas.token_weights(pos) - atlas.token_weights(neg)
+    scores = atlas.neuron_scores(weight, k)  # (L, F)
+    if layers is not None:
+        keep = torch.zeros(atlas.n_layers, dtype=torch.bool)
+        keep[[adapter.spec.check_layer(l) for l in layers]] = True
+        scores = scores * keep[:, None]
+    hits = atlas.hits(scores, top_n)
+    neurons = tuple(h.flat for h in hits)
+    values = torch.stack([adapter.value_vectors(l)[n].float() for l, n in neurons]) if neurons \
+        else torch.zeros(0, adapter.spec.d_model)
+    threshold = cluster_threshold if cluster_threshold is not None else 3 / adapter.spec.d_model ** 0.5
+    expanded = tuple((w, s) for w, s in sorted(pos.items(), key=lambda kv: -kv[1]) if w not in keywords)
+    return ConceptSet(name=name or keywords[0], neurons=neurons, scores=tuple(h.score for h in hits),
+                      clusters=cluster_vectors(values, cluster_k, threshold), keywords=keywords,
+                      against=against, expanded=expanded, model=ModelRef.of(atlas))
+
+
+def cluster_vectors(vectors: torch.Tensor, k: int = 3, threshold: float = 0.2) -> tuple[tuple[int, ...], ...]:
+    """Mutual-kNN clusters of ``(n, d)`` vectors by cosine, largest first (singletons included)."""
+    n = vectors.shape[0]
+    if n == 0:
+        return ()
+    unit = vectors / vectors.norm(dim=1, keepdim=True).clamp_min(1e-12)
+    cos = unit @ unit.T  # (n, n)
+    cos.fill_diagonal_(-2.0)
+    near = cos.topk(min(k, n - 1), dim=1).indices if n > 1 else torch.zeros(1, 0, dtype=torch.long)
+    knn = torch.zeros(n, n, dtype=torch.bool)
+    knn[torch.arange(n)[:, None], near] = True
+    linked = knn & knn.T & (cos >= threshold)
+    parent = list(range(n))
+
+    def root(i: int) -> int:
+        while parent[i] != i:
+            parent[i] = parent[parent[i]]
+            i = parent[i]
+        return i
+
+    for i, j in linked.nonzero().tolist():
+        parent[root(i)] = root(j)
+    groups: dict[int, list[int]] = {}
+    for i in range(n):
+        groups.setdefault(root(i), []).append(i)
+    return tuple(tuple(g) for g in sorted(groups.values(), key=lambda g: (-len(g), g[0])))
+
+
+def _keyword_ids(atlas: NeuronAtlas, keyword: str) -> list[int]:
+    """Vocabulary ids spelling ``keyword`` (word-start forms first), or an error with the nearest."""
+    word = keyword.strip().lower()
+    ids = [i for i, w in enumerate(atlas.words) if w == word]
+    if not ids:
+        words = sorted({w for w in atlas.words if w.isalpha()})
+        nearest = difflib.get_close_matches(word, words, n=8, cutoff=0.6)
+        raise UnknownNameError("vocabulary word", keyword, nearest or words[:8])
+    ids.sort(key=lambda i: atlas.vocab[i].strip().startswith("##"))
+    return ids
+
+
+def _expand(atlas: NeuronAtlas, embedding: torch.Tensor, keywords: tuple[str, ...], n: int,
+            floor: float, rivals: tuple[str, ...] = ()) -> dict[str, float]:
+    """Weight of each keyword (1) and of its ``n`` nearest words by embedding cosine (the cosine).
+
+    A neighbour at least as close to one of the ``rivals`` as to its keyword is skipped.
+    """
+    unit = embedding[: len(atlas.vocab)].float()
+    unit = unit / unit.norm(dim=1, keepdim=True).clamp_min(1e-12)  # (vocab, d)
+    rival_ids = [_keyword_ids(atlas, r)[0] for r in rivals]
+    weights = {}
+    for keyword in keywords:
+        token = _keyword_ids(atlas, keyword)[0]
+        weights[atlas.words[token]] = 1.0
+        sims = unit @ unit[token]  # (vocab,)
+        rival = (unit @ unit[rival_ids].T).amax(1) if rival_ids else torch.full_like(sims, -1.0)
+        action = set(atlas.meta.get("action_token_ids", ()))
+        taken = 0
+        for i in sims.topk(min(len(sims), 20 * n + 20)).indices.tolist() if n > 0 else []:
+            word, sim = atlas.words[i], float(sims[i])
+            if sim < floor or taken == n:
+                break
+            if i in action or atlas.vocab[i].startswith("##") or not word.isalpha() \
+                    or word in weights or rival[i] >= sim:
+                continue
+            weights[word] = sim
+            taken += 1
+    return weights
