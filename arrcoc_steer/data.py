@@ -1,0 +1,106 @@
+"""Training frames from the demo datasets written by ``envs.dataset``, read by memory map.
+
+Each episode is a safetensors file (``agentview``, ``wrist``, ``state``, ``action`` arrays plus JSON
+metadata). Training samples random frames across thousands of episodes, so files are mapped, not
+loaded: a batch copies only the frames it uses, and the page cache does the rest. The safetensors
+layout (8-byte header size, JSON header, raw little-endian data) is read directly; nothing is
+unpickled.
+"""
+
+from __future__ import annotations
+
+import json
+import struct
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+
+from .errors import CheckpointError, ConfigError
+
+_DTYPES = {"U8": np.uint8, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
+FRAME_KEYS = ("agentview", "wrist", "state", "action")
+
+
+def map_safetensors(path: str | Path) -> tuple[dict[str, np.memmap], dict[str, str]]:
+    """Memory-map every tensor of a safetensors file; returns (arrays, metadata)."""
+    path = Path(path)
+    with open(path, "rb") as f:
+        (n,) = struct.unpack("<Q", f.read(8))
+        header = json.loads(f.read(n))
+    meta = header.pop("__metadata__", {}) or {}
+    arrays = {}
+    for name, spec in header.items():
+        if spec["dtype"] not in _DTYPES:
+            raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {spec['dtype']}")
+        start, end = spec["data_offsets"]
+        dtype = np.dtype(_DTYPES[spec["dtype"]])
+        count = (end - start) // dtype.itemsize
+        arrays[name] = np.memmap(path, dtype, "r", offset=8 + n + start, shape=(count,)).reshape(spec["shape"])
+    return arrays, meta
+
+
+def episode_metadata(meta: dict[str, str]) -> dict:
+    """The episode's JSON metadata (task, instruction, modifiers, seed, success ...)."""
+    out: dict = {}
+    for key, value in meta.items():
+        try:
+            parsed = json.loads(value)
+        except (json.JSONDecodeError, TypeError):
+            parsed = value
+        if isinstance(parsed, dict):
+            out.update(parsed)
+        else:
+            out[key] = parsed
+    return out
+
+
+@dataclass
+class Episode:
+    path: Path
+    arrays: dict[str, np.memmap]
+    meta: dict
+
+    def __len__(self) -> int:
+        return len(self.arrays["action"])
+
+
+class FrameDataset:
+    """Every frame of every successful episode under one or more dataset directories."""
+
+    def __init__(self, roots: list[str | Path], only_successful: bool = True):
+        files = sorted(p for r in roots for p in Path(r).rglob("*.safetensors"))
+        if not files:
+            raise ConfigError(f"no episode files (*.safetensors) under {[str(r) for r in roots]}; run `arrcoc-steer collect` first")
+        self.episodes: list[Episode] = []
+        for p in files:
+            arrays, meta = map_safetensors(p)
+            missing = [k for k in FRAME_KEYS if k not in arrays]
+            if missing:
+                raise CheckpointError(f"{p} lacks arrays {missing}; expected {FRAME_KEYS}")
+            info = episode_metadata(meta)
+            if only_successful and info.get("success") is False:
+                continue
+            if "instruction" not in info:
+                raise CheckpointError(f"{p} has no 'instruction' in its metadata")
+            self.episodes.append(Episode(p, arrays, info))
+        lengths = np.array([len(e) for e in self.episodes])
+        self.index = np.stack(
+            [np.repeat(np.arange(len(lengths)), lengths), np.concatenate([np.arange(n) for n in lengths])], 1
+        )  # (n_frames, 2): episode, step
+
+    def __len__(self) -> int:
+        return len(self.index)
+
+    def batch(self, rows: np.ndarray) -> dict:
+        """Frames at ``rows`` of the index -> stacked numpy arrays + instructions."""
+        out = {k: [] for k in FRAME_KEYS}
+        instructions = []
+        for e, t in self.index[rows]:
+            ep = self.episodes[e]
+            for k in FRAME_KEYS:
+                out[k].append(ep.arrays[k][t])
+            instructions.append(ep.meta["instruction"])
+        batch = {k: np.stack(v) for k, v in out.items()}
+        batch["instruction"] = instructions
+        return batch

