@@ -76,16 +76,18 @@ class ObjectSpec:
         return self.kind == "block"
 
 
-AGENTVIEW_POS = (0.0, -0.72, 0.72)
-AGENTVIEW_TARGET = (0.0, 0.0, 0.08)
+AGENTVIEW_POS = (0.0, -0.58, 0.52)
+AGENTVIEW_TARGET = (0.0, 0.04, 0.11)
+WRIST_POS = (0.0, -0.05, -0.005)  # hand frame: beside the palm, behind the fingers' closing plane
+WRIST_TARGET = (0.0, 0.0, -0.13)  # looks down at a point below the finger tips
 AGENTVIEW_FOVY = 45
 
 
-def _look_at(pos, target) -> tuple[float, ...]:
-    """MuJoCo ``xyaxes`` of an upright camera at ``pos`` looking at ``target`` (image x = right)."""
+def _look_at(pos, target, up=(0.0, 0.0, 1.0)) -> tuple[float, ...]:
+    """MuJoCo ``xyaxes`` of a camera at ``pos`` looking at ``target`` with ``up`` towards the image top."""
     fwd = np.subtract(target, pos, dtype=float)
     fwd /= np.linalg.norm(fwd)
-    right = np.cross(fwd, (0.0, 0.0, 1.0))
+    right = np.cross(fwd, up)
     right /= np.linalg.norm(right)
     up = np.cross(right, fwd)
     return (*right, *up)
@@ -158,8 +160,9 @@ def _hand_xml() -> str:
         f'<geom name="hand/wrist" type="cylinder" pos="{_f(0, 0, pz + 0.02)}" size="0.018 0.02" mass="0.1" '
         f'rgba="{_f(*HAND_RGBA)}"/>'
         f'<site name="tcp" pos="{_f(0, 0, TCP_OFFSET)}" size="0.004" rgba="1 0 0 0"/>'
-        # wrist camera just below the palm, looking straight down between the fingers
-        f'<camera name="wrist" pos="{_f(-0.0, 0, -pz - 0.002)}" quat="1 0 0 0" fovy="80"/>'
+        # wrist camera beside the palm, looking down between the fingers (image up = hand +y)
+        f'<camera name="wrist" pos="{_f(*WRIST_POS)}" xyaxes="{_f(*_look_at(WRIST_POS, WRIST_TARGET, up=(0, 1, 0)))}" '
+        'fovy="75"/>'
         + finger("left", -1)
         + finger("right", 1)
         + "</body>"

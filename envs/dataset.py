@@ -1,0 +1,282 @@
+"""Demonstration datasets: scripted-expert episodes written as safetensors files, and a lazy reader.
+
+Layout on disk::
+
+    out_dir/
+      index.json                          summary: one entry per episode file + failures
+      <Task>/episode_00000.safetensors    arrays + metadata of one episode
+
+Each episode file holds ``agentview`` (T, H, W, 3) uint8, ``wrist`` (T, H, W, 3) uint8, ``state``
+(T, 9) float32 and ``action`` (T, 7) float32 -- the observation before each action and the action --
+and, in the safetensors header metadata under the key ``"episode"``, a JSON string with ``task``,
+``suite``, ``instruction``, ``modifiers``, ``seed``, ``attempt``, ``failed_seeds``, ``success``,
+``length``, ``image_size``, ``format``. No pickle anywhere.
+
+Collection is deterministic (episode seed = f(seed, task, index, attempt); modifiers and paraphrase
+are drawn from it), resumable (files are written to a temporary name and renamed; finished episodes
+are skipped) and keeps only successful episodes by default: a failed attempt is retried with the next
+derived seed and the failed seeds are recorded.
+
+>>> import tempfile
+>>> with tempfile.TemporaryDirectory() as d:
+...     index = collect(["LiftRedBlock"], 1, d, image_size=32, progress=False)
+...     ds = DemoDataset(d)
+...     ep = ds[0]
+...     (len(ds), ep.meta["task"], ep["action"].shape[1], ep["agentview"].shape[1:])
+(1, 'LiftRedBlock', 7, (32, 32, 3))
+"""
+
+from __future__ import annotations
+
+import json
+import os
+import zlib
+from collections.abc import Iterator
+from pathlib import Path
+
+import numpy as np
+
+from arrcoc_steer.errors import ConfigError
+
+FORMAT = "arrcoc-demo-v1"
+ARRAYS = ("agentview", "wrist", "state", "action")
+
+
+def episode_seed(seed: int, task: str, index: int, attempt: int = 0) -> int:
+    """The env seed of episode ``index`` of ``task`` (attempt ``attempt``), stable across runs."""
+    ss = np.random.SeedSequence([int(seed), zlib.crc32(task.encode()), int(index), int(attempt)])
+    return int(ss.generate_state(1, np.uint32)[0])
+
+
+def _record_episode(env, ep_seed: int, modifiers, image_size: int) -> tuple[dict, dict]:
+    """Run the expert once; return (arrays, metadata)."""
+    from .expert import ScriptedExpert
+
+    obs, info = env.reset(seed=ep_seed, options={"modifiers": modifiers})
+    expert = ScriptedExpert(env)
+    frames: dict[str, list] = {k: [] for k in ARRAYS}
+    terminated = truncated = False
+    while not (terminated or truncated):
+        action = expert.act(obs)
+        for k in ("agentview", "wrist", "state"):
+            frames[k].append(obs[k])
+        frames["action"].append(action)
+        obs, reward, terminated, truncated, info = env.step(action)
+    arrays = {k: np.ascontiguousarray(np.stack(v)) for k, v in frames.items()}
+    u = env.unwrapped
+    meta = {
+        "format": FORMAT,
+        "task": u.task.name,
+        "suite": u.task.suite,
+        "instruction": u.instruction,
+        "modifiers": u.modifiers.to_dict(),
+        "seed": ep_seed,
+        "success": bool(info["success"]),
+        "length": int(arrays["action"].shape[0]),
+        "image_size": image_size,
+    }
+    return arrays, meta
+
+
+def _write_atomic(path: Path, arrays: dict, meta: dict) -> None:
+    from safetensors.numpy import save_file
+
+    tmp = path.with_name(f".tmp-{os.getpid()}-{path.name}")
+    save_file(arrays, str(tmp), metadata={"episode": json.dumps(meta, sort_keys=True)})
+    os.chmod(tmp, 0o644)
+    os.replace(tmp, path)
+
+
+def read_meta(path: str | os.PathLike) -> dict:
+    """The metadata of one episode file (reads only the header)."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), framework="numpy") as f:
+        return json.loads(f.metadata()["episode"])
+
+
+def collect(
+    tasks: list[str],
+    episodes_per_task: int,
+    out_dir: str | os.PathLike,
+    seed: int = 0,
+    modifiers: str = "random",
+    image_size: int = 128,
+    keep_failures: bool = False,
+    max_attempts: int = 5,
+    progress: bool = True,
+) -> dict:
+    """Write ``episodes_per_task`` expert demos of each task to ``out_dir``; return the index.
+
+    Args:
+        tasks: task names (see :func:`envs.list_tasks`).
+        episodes_per_task: episodes to keep per task.
+        out_dir: output folder (created; finished episodes in it are kept and skipped).
+        seed: base seed; every episode seed derives from (seed, task, index, attempt).
+        modifiers: "random" (speed / height / care sampled per episode from its seed) or "none".
+        image_size: camera image side in pixels.
+        keep_failures: also keep episodes the expert failed (default: retry with the next seed).
+        max_attempts: attempts per episode before giving up (recorded under ``failed`` in the index).
+        progress: show a tqdm progress bar.
+    """
+    import envs
+    from tqdm.auto import tqdm
+
+    from .modifiers import Modifiers
+
+    if modifiers not in ("random", "none"):
+        raise ConfigError(f"modifiers must be 'random' or 'none', got {modifiers!r}")
+    if episodes_per_task < 0 or max_attempts < 1:
+        raise ConfigError(f"need episodes_per_task >= 0 and max_attempts >= 1, got {episodes_per_task}, {max_attempts}")
+    specs = [envs.get_task(t) for t in tasks]  # validates names before any work
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    for stale in out.glob("*/.tmp-*"):
+        stale.unlink()  # left by an interrupted run
+    failed = []
+    bar = tqdm(total=len(specs) * episodes_per_task, disable=not progress, desc="demos")
+    for spec in specs:
+        (out / spec.name).mkdir(exist_ok=True)
+        env = envs.make(spec.name, image_size=image_size)
+        try:
+            for i in range(episodes_per_task):
+                path = out / spec.name / f"episode_{i:05d}.safetensors"
+                if not path.exists():
+                    failed += _collect_one(env, spec.name, i, path, seed, modifiers, image_size,
+                                           keep_failures, max_attempts, Modifiers)  # fmt: skip
+                bar.update()
+        finally:
+            env.close()
+    bar.close()
+    return write_index(out, failed, {"seed": seed, "modifiers": modifiers, "image_size": image_size})
+
+
+def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers) -> list:
+    failed_seeds = []
+    for attempt in range(max_attempts):
+        s = episode_seed(seed, task, i, attempt)
+        mods = Modifiers.sample(np.random.default_rng(s)) if modifiers == "random" else Modifiers()
+        arrays, meta = _record_episode(env, s, mods, image_size)
+        if meta["success"] or keep_failures:
+            meta.update(index=i, attempt=attempt, failed_seeds=failed_seeds)
+            _write_atomic(path, arrays, meta)
+            return []
+        failed_seeds.append(s)
+    return [{"task": task, "index": i, "failed_seeds": failed_seeds}]
+
+
+def write_index(out_dir: str | os.PathLike, failed: list | None = None, config: dict | None = None) -> dict:
+    """Rebuild ``index.json`` from the episode files in ``out_dir`` (atomically) and return it."""
+    out = Path(out_dir)
+    old = {}
+    if (out / "index.json").exists():
+        old = json.loads((out / "index.json").read_text())
+    episodes = []
+    for p in sorted(out.glob("*/episode_*.safetensors")):
+        m = read_meta(p)
+        m["file"] = str(p.relative_to(out))
+        episodes.append(m)
+    index = {
+        "format": FORMAT,
+        "config": config if config is not None else old.get("config", {}),
+        "episodes": episodes,
+        "failed": failed if failed is not None else old.get("failed", []),
+        "total_steps": int(sum(e["length"] for e in episodes)),
+    }
+    tmp = out / f".tmp-{os.getpid()}-index.json"
+    tmp.write_text(json.dumps(index, indent=1, sort_keys=True))
+    os.replace(tmp, out / "index.json")
+    return index
+
+
+class Episode:
+    """One episode file; arrays load lazily (``ep["agentview"]``), metadata in ``ep.meta``."""
+
+    def __init__(self, path: Path, meta: dict):
+        self.path, self.meta = path, meta
+
+    def keys(self) -> tuple[str, ...]:
+        return ARRAYS
+
+    def __getitem__(self, key: str) -> np.ndarray:
+        from safetensors import safe_open
+
+        if key not in ARRAYS:
+            raise KeyError(f"{key!r} is not an episode array; arrays: {ARRAYS}")
+        with safe_open(str(self.path), framework="numpy") as f:
+            return f.get_tensor(key)
+
+    def __len__(self) -> int:
+        return int(self.meta["length"])
+
+    def __repr__(self) -> str:
+        return f"Episode({self.meta['task']!r}, length={len(self)}, instruction={self.meta['instruction']!r})"
+
+
+class DemoDataset:
+    """Read a folder written by :func:`collect`: ``len(ds)``, ``ds[i]`` -> :class:`Episode`, ``frames()``.
+
+    Args:
+        path: the dataset folder.
+        tasks: keep only these tasks (default: all).
+        successful_only: skip episodes with ``success == False`` (present only with keep_failures).
+    """
+
+    def __init__(self, path: str | os.PathLike, tasks: list[str] | None = None, successful_only: bool = True):
+        self.path = Path(path)
+        if not self.path.is_dir():
+            raise ConfigError(f"dataset folder {str(self.path)!r} does not exist")
+        if (self.path / "index.json").exists():
+            entries = json.loads((self.path / "index.json").read_text())["episodes"]
+        else:
+            entries = [dict(read_meta(p), file=str(p.relative_to(self.path)))
+                       for p in sorted(self.path.glob("*/episode_*.safetensors"))]  # fmt: skip
+        keep = lambda e: (tasks is None or e["task"] in tasks) and (e["success"] or not successful_only)  # noqa: E731
+        self.episodes = [Episode(self.path / e["file"], e) for e in entries if keep(e)]
+
+    def __len__(self) -> int:
+        return len(self.episodes)
+
+    def __getitem__(self, i: int) -> Episode:
+        return self.episodes[i]
+
+    def __iter__(self) -> Iterator[Episode]:
+        return iter(self.episodes)
+
+    @property
+    def tasks(self) -> list[str]:
+        return sorted({e.meta["task"] for e in self.episodes})
+
+    def frames(self) -> Iterator[dict]:
+        """Every step of every episode, in order: a dict with the four arrays at that step plus
+        ``instruction``, ``task``, ``episode`` (index in this dataset) and ``t``. Loads one episode at
+        a time."""
+        for k, ep in enumerate(self.episodes):
+            arrays = {key: ep[key] for key in ARRAYS}
+            for t in range(len(ep)):
+                yield {**{key: a[t] for key, a in arrays.items()}, "instruction": ep.meta["instruction"],
+                       "task": ep.meta["task"], "episode": k, "t": t}  # fmt: skip
+
+
+def main(argv: list[str] | None = None) -> int:
+    import argparse
+
+    import envs
+
+    p = argparse.ArgumentParser(prog="python -m envs.dataset", description="Collect scripted-expert demos.")
+    p.add_argument("out_dir")
+    p.add_argument("--tasks", nargs="*", default=None, help="task names (default: every task of --suites)")
+    p.add_argument("--suites", nargs="*", default=None, help="suites (default: all)")
+    p.add_argument("--episodes", type=int, default=50, help="episodes per task")
+    p.add_argument("--seed", type=int, default=0)
+    p.add_argument("--modifiers", choices=("random", "none"), default="random")
+    p.add_argument("--image-size", type=int, default=128)
+    args = p.parse_args(argv)
+    tasks = args.tasks or [t for s in (args.suites or list(envs.SUITES)) for t in envs.list_tasks(s)]
+    index = collect(tasks, args.episodes, args.out_dir, args.seed, args.modifiers, args.image_size)
+    print(f"{len(index['episodes'])} episodes, {index['total_steps']} steps, {len(index['failed'])} failed -> {args.out_dir}")
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
