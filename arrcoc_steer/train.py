@@ -25,6 +25,7 @@ import torch
 from tqdm.auto import tqdm
 
 from .data import FrameDataset
+from .config import option
 from .errors import ConfigError
 from .models.minivla import MiniVLA, MiniVLAConfig
 from .regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
@@ -34,25 +35,25 @@ from .regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
 class TrainConfig:
     """Training run settings; every field is also a ``arrcoc-steer train`` flag."""
 
-    data: tuple[str, ...] = ("data/demos",)  # dataset directories written by `arrcoc-steer collect`
-    out: str = "runs/minivla"  # run folder: checkpoint/, model/, train_log.jsonl, train_curve.png
-    steps: int = 4000  # optimizer steps
-    batch_size: int = 64
-    lr: float = 5e-4  # peak learning rate (linear warmup, cosine decay to 10%)
-    warmup: int = 200
-    weight_decay: float = 0.01
-    grad_clip: float = 1.0
-    label_sigma: float = 1.5  # width of the smoothed bin target, in bins
-    shift_px: int = 6  # random-shift augmentation
-    low_budget_frac: float = 0.5  # fraction of batches with budget in 64..128
-    uniform_frac: float = 0.5  # fraction of samples with uniform allocation
-    holdout_frac: float = 0.05  # episodes kept out of training for the validation curve
-    seed: int = 0
-    device: str = "auto"  # auto | cpu | cuda
-    bf16: bool = True  # bfloat16 autocast (AVX512-BF16 CPUs and GPUs run it several times faster)
-    checkpoint_every: int = 250
-    log_every: int = 50
-    resume: bool = True  # continue from out/checkpoint when it exists
+    data: tuple[str, ...] = option(("data/demos",), 'dataset directories written by `arrcoc-steer collect`')
+    out: str = option("runs/minivla", 'run folder: checkpoint/, model/, train_log.jsonl, train_curve.png')
+    steps: int = option(4000, 'optimizer steps')
+    batch_size: int = option(64, 'frames per optimizer step')
+    lr: float = option(5e-4, 'peak learning rate (linear warmup, cosine decay to 10%)')
+    warmup: int = option(200, 'linear warmup steps')
+    weight_decay: float = option(0.01, 'AdamW weight decay (not on embeddings, norms, biases)')
+    grad_clip: float = option(1.0, 'gradient-norm clip')
+    label_sigma: float = option(1.5, 'width of the smoothed bin target, in bins')
+    shift_px: int = option(6, 'random-shift augmentation')
+    low_budget_frac: float = option(0.5, 'fraction of batches with budget in 64..128')
+    uniform_frac: float = option(0.5, 'fraction of samples with uniform allocation')
+    holdout_frac: float = option(0.05, 'episodes kept out of training for the validation curve')
+    seed: int = option(0, 'seed of initialisation, batches, augmentation and the held-out split')
+    device: str = option("auto", 'auto | cpu | cuda')
+    bf16: bool = option(True, 'bfloat16 autocast (AVX512-BF16 CPUs and GPUs run it several times faster)')
+    checkpoint_every: int = option(250, 'steps between resumable checkpoints')
+    log_every: int = option(50, 'steps between log records (train_log.jsonl)')
+    resume: bool = option(True, 'continue from out/checkpoint when it exists')
 
     def __post_init__(self):
         self.data = tuple(self.data)
