@@ -20,11 +20,11 @@ evidence strengths, and the three knobs of ``Tensions`` (e, p, f in [0, 1]):
    gripper approaches from a side). ``relevance = max(focused, context)``; focus wins where
    ``focused >= context``.
 
-The dominant way of knowing of a region is the largest of its additive contributions to
-``detail`` -- exploit ``e * exploit * (1 - p)`` (credited to participatory or procedural, whichever
-was larger), explore ``(1 - e) * S * (1 - p)`` (perspectival) and information ``interest * p * P``
-(propositional) -- or, where diversify won, the dominant way of the neighbour that lent the context;
-"none" where everything is 0. Every operation is elementwise or a 3 x 3 neighbourhood on arrays, so
+The dominant way of knowing of a region is the one whose weighted evidence, as it enters the rules
+above, is largest: ``e * exploit`` (credited to participatory or procedural, whichever was larger),
+``(1 - e) * S`` (perspectival) or ``p * P`` (propositional) -- or, where diversify won, the dominant
+way of the neighbour that lent the context; "none" where the relevance is 0.
+Every operation is elementwise or a 3 x 3 neighbourhood on arrays, so
 the same code runs on regions and cells, for any batch, in tens of microseconds.
 """
 
@@ -53,7 +53,7 @@ class Tensions:
     """exploit vs explore: weight of the instruction (and procedural) evidence against salience."""
     particularize: float = 0.5
     """compress vs particularize: how strongly information content scales a region's relevance."""
-    focus: float = 0.5
+    focus: float = 0.7
     """focus vs diversify: sharpening exponent 1 + 2 * focus; neighbours get (1 - focus) of a peak."""
 
     def __post_init__(self):
@@ -117,8 +117,8 @@ def balance(maps: dict[str, np.ndarray], strength: dict[str, np.ndarray], tensio
     relevance = np.maximum(focused, context)
     margin_fd = focused - context
 
-    # dominance: the largest additive contribution, borrowed from the neighbour where diversify won
-    contributions = np.stack([interest * p * P, (1 - e) * S * (1 - p), e * exploit * (1 - p)])
+    # dominance: the largest weighted evidence, borrowed from the neighbour where diversify won
+    contributions = np.stack([p * P, (1 - e) * S, e * exploit])
     own = np.array([0, 1, 2])[contributions.argmax(0)]
     own = np.where(own == 2, source, own)
     own = np.where(contributions.max(0) > 0, own, -1)

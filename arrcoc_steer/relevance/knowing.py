@@ -14,10 +14,11 @@ evidence the image holds.
   B-Y) against its 5 x 5-cell neighbourhood and against the image mean (half each), plus the
   cell's mean gradient magnitude (Itti-Koch style). Region = (mean + max) / 2 of its cells. Floor 0.1.
 * participatory -- coupling of instruction and region in the shared space of colour names (see
-  grounding.py): fraction of a cell's pixels named with the query's target colours (weighted by the
-  word's confidence), times a spatial prior, plus half the anchor object's fraction. Region = mean of
-  its cells (the region's matching pixel fraction). Floor 0.05 (a block covering 5% of a region counts
-  as full evidence). The spatial prior for "left" (and right/front/back): among cells matching at least
+  grounding.py): per palette colour, the fraction of a cell's pixels with that colour name, divided
+  by max(the colour's largest region fraction in the image, 0.05) -- a block covering 5% of a
+  region is full evidence, and a big tray does not swamp a small block; then weighted by the
+  query's colour weights per role and combined by the strongest role: max(target x 1 (times the
+  spatial prior), destination x 0.5, anchor x 0.5). Region = mean of its cells. The spatial prior for "left" (and right/front/back): among cells matching at least
   half as well as the best, take the extreme coordinate e; every cell is weighted
   ``min(1, exp(-(coord - e) / sigma))`` with sigma = 1.5 cells, so the leftmost matching object keeps
   its weight and objects a block-width further right drop to ~25%. "near X": coord = distance to X's
@@ -186,14 +187,26 @@ def perspectival(stats: ImageStats, floor: float = 0.1, edge_weight: float = 1.0
     return _normalise("perspectival", regions, cells, floor)
 
 
-def participatory(stats: ImageStats, query: Query, floor: float = 0.05, anchor_weight: float = 0.5) -> KnowingMap:
-    """Instruction-region coupling through colour names, with the query's spatial prior."""
-    frac = stats.names / float(stats.grid.cell_px**2)  # (n, G, G, K)
-    target = frac @ query.target.astype(np.float64)  # (n, G, G)
-    anchor = frac @ query.anchor.astype(np.float64)
-    cells = spatial_prior(target, anchor, query.relation) + anchor_weight * anchor
-    regions = _to_regions(cells, stats.grid) / stats.grid.cells**2  # mean over the region's cells
-    return _normalise("participatory", regions, cells, floor)
+ROLE_WEIGHTS = {"target": 1.0, "destination": 0.5, "anchor": 0.5}
+
+
+def participatory(stats: ImageStats, query: Query, floor: float = 0.05) -> KnowingMap:
+    """Instruction-region coupling through colour names, with the query's spatial prior.
+
+    Each palette colour's pixel fraction is divided by max(its largest region fraction in the image,
+    floor), so a large tray does not swamp a small block; the role maps are weighted by ROLE_WEIGHTS.
+    """
+    grid = stats.grid
+    frac_cells = stats.names / float(grid.cell_px**2)  # (n, G, G, K)
+    frac_regions = _to_regions(stats.names, grid) / float(grid.region_px**2)  # (n, R, K)
+    scale = np.maximum(frac_regions.max(1), floor)[:, None, None, :]  # (n, 1, 1, K)
+    evidence = frac_cells / scale  # region means of this lie in [0, 1]
+    role = {r: evidence @ getattr(query, r) for r in ROLE_WEIGHTS}  # (n, G, G) each
+    target = spatial_prior(role["target"], role["anchor"], query.relation)
+    weighted = [ROLE_WEIGHTS["target"] * target] + [ROLE_WEIGHTS[r] * role[r] for r in ("destination", "anchor")]
+    cells = np.maximum.reduce(weighted)  # each pixel counts under its strongest role
+    regions = _to_regions(cells, grid) / grid.cells**2  # mean over the region's cells
+    return _normalise("participatory", regions, cells, 1.0)
 
 
 def spatial_prior(match: np.ndarray, anchor: np.ndarray, relation: str | None, sigma: float = SPATIAL_SIGMA):
