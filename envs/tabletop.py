@@ -218,7 +218,8 @@ class TabletopEnv(gym.Env):
         reward = 1.0 if success else 0.0
         terminated = bool(success)
         truncated = (not stable) or self._steps >= self.max_episode_steps
-        obs = self._observation()
+        # after a blow-up the state was restored: repeat the last good observation exactly
+        obs = self._observation() if stable or self._last_obs is None else self._copy_obs(self._last_obs)
         return obs, reward, terminated, bool(truncated), self._info(success=success, unstable=not stable)
 
     def render(self):
@@ -405,6 +406,10 @@ class TabletopEnv(gym.Env):
         obs = {**images, "state": state, "instruction": self.instruction}
         self._last_obs = obs
         return obs
+
+    @staticmethod
+    def _copy_obs(obs: dict[str, Any]) -> dict[str, Any]:
+        return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in obs.items()}
 
     def _info(self, success: bool, unstable: bool) -> dict[str, Any]:
         names = self.blocks + self.containers
