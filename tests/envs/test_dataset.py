@@ -1,0 +1,117 @@
+import json
+import os
+
+import numpy as np
+import pytest
+
+from arrcoc_steer.errors import ConfigError, UnknownNameError
+from envs.dataset import DemoDataset, collect, episode_seed, read_meta
+
+TASKS = ["LiftRedBlock", "PushRedBlockToZone"]
+
+
+@pytest.fixture(scope="module")
+def demo_dir(tmp_path_factory):
+    out = tmp_path_factory.mktemp("demos")
+    collect(TASKS, 2, out, seed=3, image_size=32, progress=False)
+    return out
+
+
+def test_files_index_and_metadata(demo_dir):
+    index = json.loads((demo_dir / "index.json").read_text())
+    assert len(index["episodes"]) == 4 and index["failed"] == []
+    for e in index["episodes"]:
+        path = demo_dir / e["file"]
+        meta = read_meta(path)
+        assert meta["task"] in TASKS and meta["success"] is True
+        assert meta["seed"] == episode_seed(3, meta["task"], meta["index"], meta["attempt"])
+        assert set(meta["modifiers"]) == {"speed", "height", "care"}
+        assert meta["length"] == e["length"] > 0
+    assert index["total_steps"] == sum(e["length"] for e in index["episodes"])
+    assert not list(demo_dir.glob("**/.tmp-*"))
+
+
+def test_reader_loads_arrays_lazily(demo_dir):
+    ds = DemoDataset(demo_dir)
+    assert len(ds) == 4 and ds.tasks == sorted(TASKS)
+    ep = ds[0]
+    T = len(ep)
+    assert ep["agentview"].shape == (T, 32, 32, 3) and ep["agentview"].dtype == np.uint8
+    assert ep["wrist"].shape == (T, 32, 32, 3)
+    assert ep["state"].shape == (T, 9) and ep["state"].dtype == np.float32
+    assert ep["action"].shape == (T, 7) and ep["action"].dtype == np.float32
+    with pytest.raises(KeyError):
+        ep["depth"]
+    frames = list(ds.frames())
+    assert len(frames) == sum(len(e) for e in ds)
+    f = frames[0]
+    assert f["t"] == 0 and f["episode"] == 0 and f["instruction"] == ep.meta["instruction"]
+    np.testing.assert_array_equal(f["action"], ep["action"][0])
+    assert len(DemoDataset(demo_dir, tasks=["LiftRedBlock"])) == 2
+
+
+def test_replaying_recorded_actions_reproduces_the_episode(demo_dir):
+    import envs
+
+    ep = DemoDataset(demo_dir, tasks=["LiftRedBlock"])[0]
+    env = envs.make("LiftRedBlock", image_size=32)
+    try:
+        obs, _ = env.reset(seed=ep.meta["seed"], options={"modifiers": ep.meta["modifiers"]})
+        assert obs["instruction"] == ep.meta["instruction"]
+        states, actions, frames = ep["state"], ep["action"], ep["agentview"]
+        for t in range(len(ep)):
+            np.testing.assert_array_equal(obs["state"], states[t])
+            np.testing.assert_array_equal(obs["agentview"], frames[t])
+            obs, _, term, trunc, info = env.step(actions[t])
+        assert term and info["success"]
+    finally:
+        env.close()
+
+
+def test_collect_is_deterministic_and_resumable(demo_dir, tmp_path):
+    # a second run into the same folder skips finished episodes
+    first = {p: p.stat().st_mtime_ns for p in demo_dir.glob("*/*.safetensors")}
+    collect(TASKS, 2, demo_dir, seed=3, image_size=32, progress=False)
+    assert {p: p.stat().st_mtime_ns for p in demo_dir.glob("*/*.safetensors")} == first
+    # an interrupted run (a stale temp file, one episode missing) completes to identical bytes
+    victim = demo_dir / "LiftRedBlock" / "episode_00001.safetensors"
+    copy = tmp_path / "demos"
+    copy.mkdir()
+    for p in demo_dir.glob("*/*.safetensors"):
+        (copy / p.parent.name).mkdir(exist_ok=True)
+        if p != victim:
+            (copy / p.parent.name / p.name).write_bytes(p.read_bytes())
+    (copy / "LiftRedBlock" / ".tmp-123-episode_00001.safetensors").write_bytes(b"partial")
+    collect(TASKS, 2, copy, seed=3, image_size=32, progress=False)
+    assert (copy / "LiftRedBlock" / "episode_00001.safetensors").read_bytes() == victim.read_bytes()
+    assert not list(copy.glob("**/.tmp-*"))
+
+
+def test_failures_are_retried_and_recorded(tmp_path, monkeypatch):
+    import envs.dataset as dataset
+
+    real = dataset._record_episode
+    calls = []
+
+    def flaky(env, seed, modifiers, image_size):
+        arrays, meta = real(env, seed, modifiers, image_size)
+        calls.append(seed)
+        if len(calls) == 1:
+            meta["success"] = False  # pretend the first attempt failed
+        return arrays, meta
+
+    monkeypatch.setattr(dataset, "_record_episode", flaky)
+    index = collect(["LiftRedBlock"], 1, tmp_path, seed=0, image_size=16, progress=False, modifiers="none")
+    meta = index["episodes"][0]
+    assert meta["attempt"] == 1 and meta["failed_seeds"] == [calls[0]] and meta["seed"] == calls[1]
+    assert meta["modifiers"] == {"speed": "normal", "height": "normal", "care": False}
+
+
+def test_bad_arguments(tmp_path):
+    with pytest.raises(ConfigError, match="modifiers"):
+        collect(["LiftRedBlock"], 1, tmp_path, modifiers="some")
+    with pytest.raises(UnknownNameError):
+        collect(["LiftBlock"], 1, tmp_path)
+    with pytest.raises(ConfigError, match="does not exist"):
+        DemoDataset(tmp_path / "missing")
+    assert not os.listdir(tmp_path)  # nothing written before validation
