@@ -49,6 +49,7 @@ PUSH_Z = 0.022  # tool centre point height while pushing (finger tips 7 mm above
 PUSH_CONTACT = 0.034  # hand-to-block-centre distance along the push direction at contact
 SLOT = 0.035  # two blocks in one tray go to +-SLOT along y
 OPEN, CLOSE = -1.0, 1.0
+WINDOW = 15  # steps of the length-matched speed window (shorter than the fastest episode)
 
 
 def _yaw_of(quat: np.ndarray) -> float:
@@ -346,6 +347,7 @@ class EpisodeResult:
     success: bool
     length: int
     mean_speed: float  # mean end-effector speed over the episode (finite differences at 10 Hz)
+    mean_speed_window: float  # mean end-effector speed over the first WINDOW steps (length-matched)
     peak_object_height: float  # highest bottom of the target block while held
     peak_ee_height_held: float  # highest tool-centre-point z while holding the target block
 
@@ -367,7 +369,8 @@ def run_episode(env, seed: int, modifiers=None, noise: float = 0.0, paraphrase=N
             peak_obj = max(peak_obj, float(info["object_poses"][target][2] - BLOCK_HALF))
             peak_ee = max(peak_ee, float(info["ee_pos"][2]))
     speeds = np.linalg.norm(np.diff(np.array(ee), axis=0), axis=1) * u.metadata["render_fps"]
-    return EpisodeResult(u.task.name, seed, bool(info["success"]), len(ee) - 1, float(speeds.mean()), peak_obj, peak_ee)
+    return EpisodeResult(u.task.name, seed, bool(info["success"]), len(ee) - 1, float(speeds.mean()),
+                         float(speeds[:WINDOW].mean()), peak_obj, peak_ee)  # fmt: skip
 
 
 def evaluate_expert(
@@ -421,8 +424,10 @@ def evaluate_expert(
 def modifier_effects(tasks: list[str] | None = None, episodes: int = 20, seed: int = 20_000, progress=True) -> dict:
     """Measure what the modifiers change, on the same tasks and seeds.
 
-    Returns mean end-effector speed under "quickly" and "slowly" and their ratio, and the mean peak
-    height of the held block under "high" and "low" (only tasks that carry or lift a block).
+    Returns mean end-effector speed under "quickly" and "slowly" and their ratio (over whole episodes,
+    and over the first WINDOW steps of each episode, which is not confounded by episode length), and
+    the mean peak height of the held block under "high" and "low" (only tasks that carry or lift a
+    block).
     """
     import envs
 
@@ -442,11 +447,13 @@ def modifier_effects(tasks: list[str] | None = None, episodes: int = 20, seed: i
         out[key] = {
             "success": float(np.mean([e.success for e in eps])),
             "mean_speed": float(np.mean([e.mean_speed for e in eps])),
+            "mean_speed_window": float(np.mean([e.mean_speed_window for e in eps])),
             "mean_length": float(np.mean([e.length for e in eps])),
             "peak_object_height": float(np.mean([e.peak_object_height for e in eps])),
             "peak_ee_height_held": float(np.mean([e.peak_ee_height_held for e in eps])),
         }
     out["speed_ratio_fast_over_slow"] = out["fast"]["mean_speed"] / out["slow"]["mean_speed"]
+    out["speed_ratio_window"] = out["fast"]["mean_speed_window"] / out["slow"]["mean_speed_window"]
     out["peak_height_high_minus_low"] = out["high"]["peak_object_height"] - out["low"]["peak_object_height"]
     return out
 
@@ -476,7 +483,8 @@ def main(argv: list[str] | None = None) -> int:
             e = eff[k]
             print(f"  {k:7s} success {e['success']:6.1%}  mean ee speed {e['mean_speed']:.3f} m/s  "
                   f"mean length {e['mean_length']:6.1f}  peak held-block height {e['peak_object_height']:.3f} m")  # fmt: skip
-        print(f"  quickly/slowly mean end-effector speed ratio = {eff['speed_ratio_fast_over_slow']:.2f}x")
+        print(f"  quickly/slowly mean end-effector speed ratio = {eff['speed_ratio_fast_over_slow']:.2f}x "
+              f"(whole episodes), {eff['speed_ratio_window']:.2f}x (first {WINDOW} steps of each episode)")
         print(f"  peak held-block height, high - low = {eff['peak_height_high_minus_low']:.3f} m")
         summary["modifier_effects"] = eff
     print(f"({time.time() - t0:.0f} s)")

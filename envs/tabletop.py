@@ -214,13 +214,15 @@ class TabletopEnv(gym.Env):
         self._steps += 1
         for b in self.blocks:
             self._max_bottom[b] = max(self._max_bottom[b], self._block_pos(b)[2] - BLOCK_HALF)
-        success = stable and all(self.subgoals_done())
+        world = self.world_state()
+        done = [subgoal_done(sg, world) for sg in self.subgoals]
+        success = stable and all(done)
         reward = 1.0 if success else 0.0
         terminated = bool(success)
         truncated = (not stable) or self._steps >= self.max_episode_steps
         # after a blow-up the state was restored: repeat the last good observation exactly
         obs = self._observation() if stable or self._last_obs is None else self._copy_obs(self._last_obs)
-        return obs, reward, terminated, bool(truncated), self._info(success=success, unstable=not stable)
+        return obs, reward, terminated, bool(truncated), self._info(success, not stable, world, done)
 
     def render(self):
         if self.render_mode != "rgb_array":
@@ -411,9 +413,12 @@ class TabletopEnv(gym.Env):
     def _copy_obs(obs: dict[str, Any]) -> dict[str, Any]:
         return {k: v.copy() if isinstance(v, np.ndarray) else v for k, v in obs.items()}
 
-    def _info(self, success: bool, unstable: bool) -> dict[str, Any]:
+    def _info(self, success: bool, unstable: bool, world: WorldState | None = None, done=None) -> dict[str, Any]:
         names = self.blocks + self.containers
         first = self.subgoals[0]
+        world = world or self.world_state()
+        done = done if done is not None else [subgoal_done(sg, world) for sg in self.subgoals]
+        held = [b for b, f in world.touching.items() if len(f) == 2]
         info = {
             "ee_pos": self.ee_pos(),
             "ee_quat": self.ee_quat(),
@@ -423,13 +428,13 @@ class TabletopEnv(gym.Env):
             "object_vels": {n: self.object_vel(n) for n in names},
             "success": bool(success),
             "subgoals": [sg.describe() for sg in self.subgoals],
-            "subgoals_done": self.subgoals_done(),
+            "subgoals_done": done,
             "task": self.task.name,
             "suite": self.task.suite,
             "instruction": self.instruction,
             "target_object": first.obj,
             "destination": first.dest,
-            "grasped": self.grasped_object(),
+            "grasped": held[0] if held else None,
             "modifiers": self.modifiers.to_dict(),
             "physics_unstable": bool(unstable),
             "step": self._steps,
