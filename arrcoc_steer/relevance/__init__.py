@@ -28,11 +28,13 @@ from .knowing import (
     propositional,
 )
 from .metrics import detailed_regions, pointing_game, query_sensitivity_iou, target_recall
+from .pruning import PrunedInputs, VisualTokenPruner
 
 __all__ = [
     "RelevanceAllocator", "RelevanceConfig", "RelevanceResult", "Tensions", "Steer",
     "uniform_allocation", "random_allocation", "downsample", "downsample_side",
     "target_recall", "pointing_game", "query_sensitivity_iou", "detailed_regions",
+    "VisualTokenPruner", "PrunedInputs",
     "Grounder", "Palette", "Concept", "Query", "WordEmbedder", "default_concepts",
     "ImageStats", "KnowingMap", "OcclusionSensitivity", "ActsOnAllocation",
     "propositional", "perspectival", "participatory", "balance", "Balance",

@@ -137,20 +137,41 @@ class RelevanceAllocator:
     def query(self, instruction: str | None) -> Query:
         return self.grounder.query(instruction or "")
 
-    def knowing(self, obs, instruction: str | None = None) -> dict[str, KnowingMap]:
-        """The ways of knowing of one observation (each normalised within each image)."""
-        stats = ImageStats.compute(self.images(obs), self.grid, self.grounder.palette)
+    def _ways(self, stats: ImageStats, instruction: str | None) -> dict[str, KnowingMap]:
         fp, fs, fc = self.config.floors
-        maps = {
+        return {
             "propositional": propositional(stats, fp),
             "perspectival": perspectival(stats, fs),
             "participatory": participatory(stats, self.query(instruction), fc),
         }
+
+    def knowing(self, obs, instruction: str | None = None) -> dict[str, KnowingMap]:
+        """The ways of knowing of one observation (each normalised within each image)."""
+        maps = self._ways(ImageStats.compute(self.images(obs), self.grid, self.grounder.palette), instruction)
         if self.procedural is not None:
             if not isinstance(obs, Mapping):
                 raise ConfigError("the procedural way of knowing needs the observation dict, not bare images")
             maps["procedural"] = self.procedural(obs, instruction or "", self.cameras)
         return maps
+
+    def relevance_maps(self, images: Sequence[np.ndarray] | np.ndarray, instruction: str | None = None) -> np.ndarray:
+        """``(n, G, G)`` balanced cell relevance of any number of RGB images of any size.
+
+        Each image is resized (nearest) to the grid's image size; no steering, no allocation. This is
+        what ``pruning.VisualTokenPruner`` ranks a VLM's image tokens by.
+        """
+        s = self.grid.image_size
+        resized = []
+        for img in images:
+            img = np.asarray(img)
+            if img.ndim != 3 or img.shape[2] != 3 or img.dtype != np.uint8:
+                raise ConfigError(f"images must be (H, W, 3) uint8 RGB, got {img.shape} {img.dtype}")
+            rows = (np.arange(s) + 0.5) * img.shape[0] / s
+            cols = (np.arange(s) + 0.5) * img.shape[1] / s
+            resized.append(img[rows.astype(int)][:, cols.astype(int)])
+        maps = self._ways(ImageStats.compute(np.stack(resized), self.grid, self.grounder.palette), instruction)
+        strength = {k: m.strength for k, m in maps.items()}
+        return balance({k: m.cells for k, m in maps.items()}, strength, self.config.tensions).relevance
 
     # -- the step --------------------------------------------------------------------------------
     def __call__(
