@@ -221,10 +221,8 @@ class OpenVLAStandIn(nn.Module):
         finally:
             self._roles = None
 
-    def token_roles(self) -> dict[str, torch.Tensor]:
+    def token_roles(self) -> dict[str, torch.Tensor] | None:
         """Bool masks ``(b, t)`` of the image / text / action positions of the call in progress."""
-        if self._roles is None:
-            raise RuntimeError("token_roles() is only defined during a forward call")
         return self._roles
 
     @torch.no_grad()
@@ -309,10 +307,8 @@ class BertPolicyStandIn(nn.Module):
         bins = words.weight[self.action_tokenizer.token_ids.to(words.weight.device)]  # (256, d)
         return hidden[:, -self.action_dim:] @ bins.T
 
-    def token_roles(self) -> dict[str, torch.Tensor]:
+    def token_roles(self) -> dict[str, torch.Tensor] | None:
         """Bool masks ``(b, t)`` with keys text / proprio / image / action, during a forward call."""
-        if self._roles is None:
-            raise RuntimeError("token_roles() is only defined during a forward call")
         return self._roles
 
     def example_inputs(self, batch=1, seq=8, generator=None) -> dict:
