@@ -1,0 +1,672 @@
+"""Conditions: what is done to the policy in an episode, as named, validated, serialisable specs.
+
+Every condition is a small frozen dataclass with a ``kind`` and a ``name`` (the label in results and
+file names; a readable default is derived from the fields). Specs are pure data -- YAML / JSON round
+trip through :func:`condition_from_dict` / :meth:`Condition.to_dict` -- and files they name (concept
+dictionaries, calibrations, residual directions) are loaded where the episode runs.
+
+=================  =========================================================================
+kind               what it does
+=================  =========================================================================
+``unsteered``      nothing: the baseline every other condition is paired against
+``prompt``         appends a modifier to the instruction ("... quickly"), the prompting baseline
+``concept``        clamps / adds / scales the neurons of named concepts at every forward call
+``random_control`` the same, on random neurons matched in number per layer (seeded)
+``residual``       adds a contrastive residual direction times ``strength``
+``closed_loop``    sets the strength of a concept / residual steer (or the policy's own knob)
+                   at every step to hold a behaviour target (:mod:`arrcoc_steer.control`)
+``budget``         a visual token budget spent by an allocator: relevance / uniform / random /
+                   downsample (ARR-COC against the token-pruning baselines)
+=================  =========================================================================
+
+>>> c = Concept(concepts="concepts.yaml", concept="fast", alpha=4.0)
+>>> c.name
+'concept_fast_clamp4'
+>>> condition_from_dict(c.to_dict()) == c
+True
+>>> [r.name for r in random_controls(c, n=2)]
+['random_fast_clamp4_s0', 'random_fast_clamp4_s1']
+
+A condition turns into a :class:`Runtime` for one episode (:meth:`Condition.runtime`): the hooks the
+rollout calls -- instruction, observation, per-step keyword arguments, a steering context around the
+episode, and feedback after every step.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import math
+import re
+from collections.abc import Iterable, Mapping, Sequence
+from dataclasses import dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any, ClassVar
+
+import numpy as np
+
+from ..control import AlphaController, ControllerConfig, SteererKnob
+from ..errors import ConfigError, UnknownNameError
+from ..regions import CAMERAS, RegionGrid, check_budget
+from .policies import Policy, accepts, steerable_model
+
+# the same choices as arrcoc_steer.steering (not imported: it loads torch; a test keeps them equal)
+MODES = ("clamp", "add", "scale")
+UNITS = ("raw", "calibrated")
+POSITIONS = ("all", "text", "image", "action", "proprio")
+ALLOCATORS = ("relevance", "uniform", "random", "downsample")
+BEHAVIOURS = ("speed",)
+_NAME = re.compile(r"^[A-Za-z0-9][A-Za-z0-9_.+=@-]{0,99}$")
+_INSTRUCTION_CHARS = set("abcdefghijklmnopqrstuvwxyzABCDEFGHIJKLMNOPQRSTUVWXYZ0123456789 ,.'-")
+
+
+def _number(owner: str, name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value):
+        raise ConfigError(f"{owner}.{name} must be a finite number, got {value!r}")
+    return float(value)
+
+
+def _choice(owner: str, name: str, value, valid: Sequence[str]) -> None:
+    if value not in valid:
+        raise UnknownNameError(f"{owner}.{name}", str(value), valid)
+
+
+# ------------------------------------------------------------------------------------ runtime
+class Runtime:
+    """What a condition does to one episode. The defaults do nothing (the unsteered run)."""
+
+    def instruction(self, base: str) -> str:
+        """The instruction given to the env and the policy, from the task's own."""
+        return base
+
+    def steering(self) -> contextlib.AbstractContextManager:
+        """Entered before the first step and left after the last (steering hooks live here)."""
+        return contextlib.nullcontext()
+
+    def observation(self, obs: dict) -> dict:
+        """The observation the policy sees this step."""
+        return obs
+
+    def step_kwargs(self, obs: dict, instruction: str) -> dict:
+        """Extra keyword arguments of ``predict_action`` this step."""
+        return {}
+
+    def after_step(self, speed: float) -> None:
+        """Feedback after each ``env.step``: the end-effector speed of that step (m/s)."""
+
+    def traces(self) -> dict[str, np.ndarray]:
+        """Per-step arrays to keep with the episode (alpha, allocation, ...)."""
+        return {}
+
+    def notes(self) -> dict[str, Any]:
+        """JSON-able facts about the episode (intervention counts, reference speed, ...)."""
+        return {}
+
+
+class Resources:
+    """Files and helpers a worker loads once and reuses across episodes (concepts, allocators...)."""
+
+    def __init__(self):
+        self._cache: dict[tuple, Any] = {}
+
+    def _get(self, key: tuple, load):
+        if key not in self._cache:
+            self._cache[key] = load()
+        return self._cache[key]
+
+    def concepts(self, path: str) -> dict:
+        from ..concepts import load_concepts
+
+        return self._get(("concepts", path), lambda: load_concepts(path))
+
+    def calibration(self, path: str):
+        from ..steering import Calibration
+
+        return self._get(("calibration", path), lambda: Calibration.load(path))
+
+    def direction(self, path: str):
+        from ..steering import ResidualDirection
+
+        return self._get(("direction", path), lambda: ResidualDirection.load(path))
+
+    def allocator(self, grid: RegionGrid):
+        from ..relevance import RelevanceAllocator
+
+        return self._get(("allocator", grid), lambda: RelevanceAllocator(grid=grid))
+
+
+# --------------------------------------------------------------------------------- the specs
+@dataclass(frozen=True, kw_only=True)
+class Condition:
+    """Base of every condition spec. ``name`` labels it in results (a default is derived)."""
+
+    kind: ClassVar[str] = ""
+    name: str = ""
+
+    def __post_init__(self):
+        self._validate()
+        if not self.name:
+            object.__setattr__(self, "name", self.default_name())
+        if not isinstance(self.name, str) or not _NAME.match(self.name):
+            raise ConfigError(f"{type(self).__name__}.name must be 1-100 characters of letters, digits and "
+                              f"_.+=@- (it names files), starting with a letter or digit; got {self.name!r}")
+
+    def _validate(self) -> None:
+        """Check the fields (subclasses); raise ConfigError naming the field and the value."""
+
+    def default_name(self) -> str:
+        return self.kind
+
+    @property
+    def needs_reference(self) -> bool:
+        """Whether episodes need a reference behaviour measured on the baseline condition first."""
+        return False
+
+    def files(self) -> dict[str, str]:
+        """Fields that name files: {field: path}."""
+        return {}
+
+    def check_files(self, resources: Resources | None = None) -> None:
+        """Raise when a named file is missing or does not hold what the condition asks for."""
+        for name, path in self.files().items():
+            if path and not Path(path).is_file():
+                raise ConfigError(f"condition {self.name!r}: {name}={path!r} is not a file")
+
+    def with_absolute_paths(self) -> Condition:
+        """A copy whose file fields are absolute (workers may run elsewhere in the tree)."""
+        changes = {k: str(Path(v).resolve()) for k, v in self.files().items() if v}
+        return replace(self, **changes) if changes else self
+
+    def to_dict(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"kind": self.kind}
+        for f in fields(self):
+            value = getattr(self, f.name)
+            if isinstance(value, Condition):
+                value = value.to_dict()
+            elif isinstance(value, ControllerConfig):
+                value = value.to_dict()
+            elif isinstance(value, tuple):
+                value = list(value)
+            out[f.name] = value
+        return out
+
+    def runtime(self, policy: Policy, resources: Resources, *, seed: int, reference: float | None = None) -> Runtime:
+        """The per-episode hooks of this condition for ``policy``."""
+        return Runtime()
+
+
+@dataclass(frozen=True, kw_only=True)
+class Unsteered(Condition):
+    """The policy as it is: the baseline."""
+
+    kind: ClassVar[str] = "unsteered"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Prompt(Condition):
+    """Append ``modifier`` to the task's instruction (the prompting baseline steering must beat).
+
+    Attributes:
+        modifier: words appended after the instruction, e.g. "quickly", "slowly and carefully".
+    """
+
+    kind: ClassVar[str] = "prompt"
+    modifier: str = "quickly"
+
+    def _validate(self) -> None:
+        if not isinstance(self.modifier, str) or not self.modifier.strip():
+            raise ConfigError(f"Prompt.modifier must be a non-empty string, got {self.modifier!r}")
+        bad = sorted(set(self.modifier) - _INSTRUCTION_CHARS)
+        if bad:
+            raise ConfigError(f"Prompt.modifier {self.modifier!r} has characters the env's instructions "
+                              f"cannot hold: {bad}")
+
+    def default_name(self) -> str:
+        return "prompt_" + re.sub(r"[^A-Za-z0-9]+", "_", self.modifier.strip()).strip("_")
+
+    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+        return _PromptRuntime(self.modifier.strip())
+
+
+class _PromptRuntime(Runtime):
+    def __init__(self, modifier: str):
+        self.modifier = modifier
+
+    def instruction(self, base: str) -> str:
+        return f"{base.rstrip(' .')} {self.modifier}"
+
+
+@dataclass(frozen=True, kw_only=True)
+class Concept(Condition):
+    """Steer the neurons of named concepts (``layers.{l}.mlp.post``) at every forward call.
+
+    Attributes:
+        concepts: path of a concept dictionary (YAML, :func:`arrcoc_steer.concepts.save_concepts`).
+        concept: concept name(s) in it; ``"fast/0"`` is cluster 0 of ``"fast"``.
+        alpha: strength (raw activation units, or multiples of each neuron's scale if calibrated).
+        mode: ``clamp`` (the paper's rule), ``add`` or ``scale``.
+        unit: ``raw`` or ``calibrated`` (needs ``calibration``).
+        positions: ``all`` / ``text`` / ``image`` / ``action`` / ``proprio`` token positions.
+        layers: keep only the concept's neurons in these layers (None: all of them).
+        calibration: path of a calibration file (:meth:`arrcoc_steer.steering.Calibration.save`).
+    """
+
+    kind: ClassVar[str] = "concept"
+    concepts: str = ""
+    concept: tuple[str, ...] = ()
+    alpha: float = 1.0
+    mode: str = "clamp"
+    unit: str = "raw"
+    positions: str = "all"
+    layers: tuple[int, ...] | None = None
+    calibration: str | None = None
+
+    def _validate(self) -> None:
+        owner = type(self).__name__
+        if not isinstance(self.concepts, str) or not self.concepts:
+            raise ConfigError(f"{owner}.concepts must be the path of a concept dictionary, got {self.concepts!r}")
+        names = (self.concept,) if isinstance(self.concept, str) else tuple(self.concept)
+        if not names or not all(isinstance(n, str) and n for n in names):
+            raise ConfigError(f"{owner}.concept must name at least one concept, got {self.concept!r}")
+        object.__setattr__(self, "concept", names)
+        object.__setattr__(self, "alpha", _number(owner, "alpha", self.alpha))
+        _choice(owner, "mode", self.mode, MODES)
+        _choice(owner, "unit", self.unit, UNITS)
+        _choice(owner, "positions", self.positions, POSITIONS)
+        if self.mode == "scale" and self.unit == "calibrated":
+            raise ConfigError(f"{owner}: mode='scale' multiplies by alpha, so unit must be 'raw'")
+        if self.unit == "calibrated" and not self.calibration:
+            raise ConfigError(f"{owner}: unit='calibrated' needs calibration=<path of a calibration file>")
+        if self.layers is not None:
+            layers = tuple(int(l) for l in self.layers)
+            if not layers or any(l < 0 for l in layers):
+                raise ConfigError(f"{owner}.layers must be None or non-negative layer indices, got {self.layers!r}")
+            object.__setattr__(self, "layers", tuple(sorted(set(layers))))
+
+    def steer_label(self) -> str:
+        label = f"{'+'.join(self.concept).replace('/', '.')}_{self.mode}{self.alpha:g}"
+        label += "cal" if self.unit == "calibrated" else ""
+        label += f"_{self.positions}" if self.positions != "all" else ""
+        label += f"_L{'.'.join(map(str, self.layers))}" if self.layers else ""
+        return label
+
+    def default_name(self) -> str:
+        return f"concept_{self.steer_label()}"
+
+    def steer_fields(self) -> dict[str, Any]:
+        """Everything that defines the steer (a matched random control shares all of it)."""
+        return {f.name: getattr(self, f.name) for f in fields(Concept) if f.name != "name"}
+
+    def files(self) -> dict[str, str]:
+        return {"concepts": self.concepts, "calibration": self.calibration or ""}
+
+    def check_files(self, resources: Resources | None = None) -> None:
+        super().check_files()
+        library = (resources or Resources()).concepts(self.concepts)
+        for name in self.concept:
+            _concept_set(library, name, self.concepts)
+
+    def interventions(self, policy: Policy, resources: Resources, alpha: float | None = None) -> list:
+        """The :class:`~arrcoc_steer.steering.Intervention` list this condition applies."""
+        from ..steering import Intervention
+
+        library = resources.concepts(self.concepts)
+        alpha = self.alpha if alpha is None else alpha
+        out = []
+        for name in self.concept:
+            concept = _concept_set(library, name, self.concepts)
+            neurons = [n for n in concept.neurons if self.layers is None or n[0] in self.layers]
+            if not neurons:
+                raise ConfigError(f"condition {self.name!r}: concept {name!r} has no neurons in layers {self.layers}")
+            out.append(Intervention(tuple(neurons), self.mode, alpha, self.unit, self.positions, name, concept.model))
+        return out
+
+    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+        model = steerable_model(policy)
+        calibration = resources.calibration(self.calibration) if self.calibration else None
+        return _SteerRuntime(model, self.interventions(policy, resources), calibration)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomControl(Concept):
+    """A :class:`Concept` steer on random neurons: as many per layer, elsewhere in the same layers.
+
+    Everything but the neurons (alpha, mode, unit, positions) is kept, so the control differs from
+    the real steer only in which neurons it touches. ``seed`` draws the neurons.
+    """
+
+    kind: ClassVar[str] = "random_control"
+    seed: int = 0
+
+    def _validate(self) -> None:
+        super()._validate()
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"RandomControl.seed must be an int >= 0, got {self.seed!r}")
+
+    def default_name(self) -> str:
+        return f"random_{self.steer_label()}_s{self.seed}"
+
+    def matches(self, concept: Concept) -> bool:
+        """Whether this control is matched to ``concept`` (same steer, other neurons)."""
+        return type(concept) is Concept and concept.steer_fields() == self.steer_fields()
+
+    def interventions(self, policy, resources, alpha=None) -> list:
+        from ..steering import random_control
+
+        d_ff = _d_ff(steerable_model(policy))
+        rng = np.random.default_rng(self.seed)
+        return [random_control(i, rng, d_ff=d_ff) for i in super().interventions(policy, resources, alpha)]
+
+
+@dataclass(frozen=True, kw_only=True)
+class Residual(Condition):
+    """Add a residual-stream direction (``layers.{l}.resid_post``) times ``strength`` at every call.
+
+    Attributes:
+        direction: path of a direction file (:meth:`arrcoc_steer.steering.ResidualDirection.save`),
+            e.g. the mean of "... quickly" minus "... slowly".
+        strength: multiplier of the direction.
+        positions: token positions acted on.
+        layers: keep only these layers of the direction (None: all).
+    """
+
+    kind: ClassVar[str] = "residual"
+    direction: str = ""
+    strength: float = 1.0
+    positions: str = "all"
+    layers: tuple[int, ...] | None = None
+
+    def _validate(self) -> None:
+        if not isinstance(self.direction, str) or not self.direction:
+            raise ConfigError(f"Residual.direction must be the path of a direction file, got {self.direction!r}")
+        object.__setattr__(self, "strength", _number("Residual", "strength", self.strength))
+        _choice("Residual", "positions", self.positions, POSITIONS)
+        if self.layers is not None:
+            object.__setattr__(self, "layers", tuple(sorted({int(l) for l in self.layers})))
+
+    def default_name(self) -> str:
+        layers = f"_L{'.'.join(map(str, self.layers))}" if self.layers else ""
+        return f"residual_{Path(self.direction).stem}_{self.strength:g}{layers}"
+
+    def files(self) -> dict[str, str]:
+        return {"direction": self.direction}
+
+    def interventions(self, policy: Policy, resources: Resources, alpha: float | None = None) -> list:
+        direction = resources.direction(self.direction)
+        vectors = direction.vectors
+        if self.layers is not None:
+            vectors = {l: v for l, v in vectors.items() if l in self.layers}
+            if not vectors:
+                raise ConfigError(f"condition {self.name!r}: the direction has no layer in {self.layers} "
+                                  f"(it has {sorted(direction.vectors)})")
+        strength = self.strength if alpha is None else alpha
+        return [replace(direction, vectors=vectors, strength=strength, positions=self.positions,
+                        name=direction.name or Path(self.direction).stem)]
+
+    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+        return _SteerRuntime(steerable_model(policy), self.interventions(policy, resources), None)
+
+
+class _SteerRuntime(Runtime):
+    def __init__(self, model, interventions: list, calibration):
+        from ..steering import Steerer
+
+        self.steerer = Steerer(model, interventions, calibration=calibration)  # validates now
+
+    def steering(self):
+        return self.steerer
+
+    def notes(self) -> dict[str, Any]:
+        return {"steer_counts": self.steerer.counts}
+
+
+@dataclass(frozen=True, kw_only=True)
+class ClosedLoop(Condition):
+    """Hold a behaviour at ``controller.target_ratio`` x the unsteered policy's by setting alpha each step.
+
+    Attributes:
+        steer: the :class:`Concept` or :class:`Residual` condition whose alpha / strength is the knob;
+            None uses the policy's own ``set_strength(alpha)``.
+        behaviour: what is held; ``speed`` = end-effector speed (m/s, finite differences at 10 Hz).
+        controller: gains, limits, target and band (:class:`~arrcoc_steer.control.ControllerConfig`).
+        reference: the unsteered value of the behaviour (m/s); None: measured per task on the sweep's
+            baseline condition (its mean end-effector speed) before these episodes run.
+    """
+
+    kind: ClassVar[str] = "closed_loop"
+    steer: Concept | Residual | None = None
+    behaviour: str = "speed"
+    controller: ControllerConfig = field(default_factory=ControllerConfig)
+    reference: float | None = None
+
+    def _validate(self) -> None:
+        if isinstance(self.steer, Mapping):
+            object.__setattr__(self, "steer", condition_from_dict(self.steer))
+        if self.steer is not None and not isinstance(self.steer, (Concept, Residual)):
+            raise ConfigError(f"ClosedLoop.steer must be a concept or residual condition or None, got "
+                              f"{type(self.steer).__name__}")
+        _choice("ClosedLoop", "behaviour", self.behaviour, BEHAVIOURS)
+        if isinstance(self.controller, Mapping):
+            object.__setattr__(self, "controller", _from_fields(ControllerConfig, self.controller, "controller"))
+        if not isinstance(self.controller, ControllerConfig):
+            raise ConfigError(f"ClosedLoop.controller must be a ControllerConfig, got {self.controller!r}")
+        if self.reference is not None and not _number("ClosedLoop", "reference", self.reference) > 0:
+            raise ConfigError(f"ClosedLoop.reference must be > 0 (m/s) or None, got {self.reference!r}")
+
+    def default_name(self) -> str:
+        knob = "policy" if self.steer is None else (
+            self.steer.steer_label().split("_")[0] if isinstance(self.steer, Concept) else Path(self.steer.direction).stem)
+        return f"closed_loop_{knob}_{self.behaviour}_x{self.controller.target_ratio:g}"
+
+    @property
+    def needs_reference(self) -> bool:
+        return self.reference is None
+
+    def files(self) -> dict[str, str]:
+        return {}
+
+    def check_files(self, resources: Resources | None = None) -> None:
+        if self.steer is not None:
+            self.steer.check_files(resources)
+
+    def with_absolute_paths(self) -> Condition:
+        return self if self.steer is None else replace(self, steer=self.steer.with_absolute_paths())
+
+    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+        reference = self.reference if self.reference is not None else reference
+        if reference is None:
+            raise ConfigError(f"condition {self.name!r} needs a reference {self.behaviour}: give reference= "
+                              f"or run it in a sweep with a baseline condition")
+        if self.steer is None:
+            if not callable(getattr(policy, "set_strength", None)):
+                raise ConfigError(f"condition {self.name!r} names no steer, so the policy must have "
+                                  f"set_strength(alpha); {type(policy).__name__} has none")
+            return _ClosedLoopRuntime(self.controller, reference, policy.set_strength, None)
+        steer = self.steer
+        calibration = resources.calibration(steer.calibration) if getattr(steer, "calibration", None) else None
+        steer.interventions(policy, resources)  # validate names and layers before the episode
+        knob = SteererKnob(steerable_model(policy), lambda a: steer.interventions(policy, resources, a),
+                           calibration=calibration)
+        return _ClosedLoopRuntime(self.controller, reference, knob, knob)
+
+
+class _ClosedLoopRuntime(Runtime):
+    def __init__(self, config: ControllerConfig, reference: float, knob, context):
+        self.config, self.reference, self.knob, self.context = config, float(reference), knob, context
+        self.controller: AlphaController | None = None
+
+    @contextlib.contextmanager
+    def steering(self):
+        with self.context if self.context is not None else contextlib.nullcontext():
+            self.controller = AlphaController(self.config, reference=self.reference, knob=self.knob)
+            yield
+
+    def after_step(self, speed: float) -> None:
+        self.controller.update(speed)
+
+    def traces(self) -> dict[str, np.ndarray]:
+        c = self.controller
+        # alpha[t] drove action t: alpha_init, then the value set after each step
+        alphas = [self.config.alpha_init, *c.alphas][: len(c.ratios)] if c else []
+        return {"alpha": np.asarray(alphas, np.float32), "ratio": np.asarray(c.ratios if c else [], np.float32)}
+
+    def notes(self) -> dict[str, Any]:
+        out: dict[str, Any] = {"reference": self.reference, "target_ratio": self.config.target_ratio}
+        if self.controller is not None:
+            out["in_band"] = self.controller.in_band()
+        if isinstance(self.knob, SteererKnob):
+            out["steer_counts"] = self.knob.counts
+        return out
+
+
+@dataclass(frozen=True, kw_only=True)
+class Budget(Condition):
+    """Spend ``budget`` visual tokens per call as ``allocator`` decides (ARR-COC vs its baselines).
+
+    Attributes:
+        budget: visual tokens per policy call (64..400).
+        allocator: ``relevance`` (ARR-COC, query-aware), ``uniform`` (uniform pooling), ``random``
+            (random keep, drawn per step from the episode seed) or ``downsample`` (whole-image
+            downsampling, uniform allocation).
+    """
+
+    kind: ClassVar[str] = "budget"
+    budget: int = 100
+    allocator: str = "relevance"
+
+    def _validate(self) -> None:
+        object.__setattr__(self, "budget", check_budget(self.budget))
+        _choice("Budget", "allocator", self.allocator, ALLOCATORS)
+
+    def default_name(self) -> str:
+        return f"budget_{self.allocator}_{self.budget}"
+
+    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+        if not accepts(policy, "allocation"):
+            raise ConfigError(f"condition {self.name!r} passes allocation= to predict_action, which "
+                              f"{type(policy).__name__}.predict_action does not accept")
+        grid = getattr(policy, "region_grid", None) or RegionGrid()
+        allocator = resources.allocator(grid) if self.allocator == "relevance" else None
+        return _BudgetRuntime(self, grid, allocator, np.random.default_rng([seed, 0xB06E7]))
+
+
+class _BudgetRuntime(Runtime):
+    def __init__(self, spec: Budget, grid: RegionGrid, allocator, rng: np.random.Generator):
+        self.spec, self.grid, self.allocator, self.rng = spec, grid, allocator, rng
+        self.allocations: list[np.ndarray] = []
+
+    def observation(self, obs: dict) -> dict:
+        if self.spec.allocator != "downsample":
+            return obs
+        from ..relevance import downsample
+
+        small = downsample(np.stack([obs[c] for c in CAMERAS]), self.spec.budget, self.grid)
+        return {**obs, **dict(zip(CAMERAS, small))}
+
+    def step_kwargs(self, obs: dict, instruction: str) -> dict:
+        from ..relevance import random_allocation, uniform_allocation
+
+        b = self.spec.budget
+        if self.spec.allocator == "relevance":
+            alloc = self.allocator.allocate(obs, instruction, budget=b)
+        elif self.spec.allocator == "random":
+            alloc = random_allocation(b, self.rng, self.grid)
+        else:
+            alloc = uniform_allocation(b, self.grid)
+        self.allocations.append(alloc)
+        return {"allocation": alloc}
+
+    def traces(self) -> dict[str, np.ndarray]:
+        shape = (0, self.grid.n_cameras, self.grid.regions_per_camera)
+        return {"allocation": np.stack(self.allocations).astype(np.int16) if self.allocations else np.zeros(shape, np.int16)}
+
+
+# ---------------------------------------------------------------------------- construction
+KINDS: dict[str, type[Condition]] = {
+    c.kind: c for c in (Unsteered, Prompt, Concept, RandomControl, Residual, ClosedLoop, Budget)
+}
+
+
+def _from_fields(cls, data: Mapping, owner: str):
+    valid = {f.name for f in fields(cls)}
+    unknown = sorted(set(data) - valid)
+    if unknown:
+        raise ConfigError(f"{owner} has unknown field(s) {unknown}; valid: {sorted(valid)}")
+    values = {k: tuple(v) if isinstance(v, list) else v for k, v in data.items()}
+    return cls(**values)
+
+
+def make_condition(kind: str, **fields_) -> Condition:
+    """The condition of ``kind`` (one of :data:`KINDS`) with ``fields_``; errors list valid choices."""
+    if kind not in KINDS:
+        raise UnknownNameError("condition kind", kind, KINDS)
+    return _from_fields(KINDS[kind], fields_, f"condition {kind!r}")
+
+
+def condition_from_dict(data: Mapping[str, Any]) -> Condition:
+    """Inverse of :meth:`Condition.to_dict`: ``{"kind": ..., **fields}``."""
+    if not isinstance(data, Mapping) or "kind" not in data:
+        raise ConfigError(f"a condition is a mapping with a 'kind' (one of {sorted(KINDS)}), got {data!r}")
+    data = dict(data)
+    return make_condition(str(data.pop("kind")), **data)
+
+
+def as_condition(value: Condition | Mapping | str) -> Condition:
+    """A condition from a spec, a dict, or a kind whose fields all have defaults (``"unsteered"``)."""
+    if isinstance(value, Condition):
+        return value
+    if isinstance(value, str):
+        return make_condition(value)
+    return condition_from_dict(value)
+
+
+def load_conditions(path: str | Path) -> list[Condition]:
+    """Read conditions from YAML or JSON: a list of condition mappings, or ``{conditions: [...]}``."""
+    import yaml
+
+    doc = yaml.safe_load(Path(path).read_text())  # JSON is YAML
+    items = doc.get("conditions") if isinstance(doc, Mapping) else doc
+    if not isinstance(items, list):
+        raise ConfigError(f"{path}: expected a list of conditions or {{conditions: [...]}}")
+    return [condition_from_dict(item) for item in items]
+
+
+def save_conditions(path: str | Path, conditions: Iterable[Condition]) -> Path:
+    """Write conditions as YAML (``.yaml`` / ``.yml``) or JSON (anything else)."""
+    import json
+
+    import yaml
+
+    doc = {"conditions": [c.to_dict() for c in conditions]}
+    path = Path(path)
+    text = yaml.safe_dump(doc, sort_keys=False) if path.suffix in (".yaml", ".yml") else json.dumps(doc, indent=1)
+    path.write_text(text)
+    return path
+
+
+def alpha_grid(concept: Concept, alphas: Iterable[float]) -> list[Concept]:
+    """``concept`` at each alpha (the names follow the alphas)."""
+    return [replace(concept, alpha=float(a), name="") for a in alphas]
+
+
+def random_controls(concept: Concept, n: int = 20, first_seed: int = 0) -> list[RandomControl]:
+    """``n`` random-neuron controls matched to ``concept`` (seeds ``first_seed ..``); >= 20 for a percentile."""
+    base = {k: v for k, v in concept.steer_fields().items()}
+    return [RandomControl(**base, seed=first_seed + i) for i in range(n)]
+
+
+def _concept_set(library: Mapping, name: str, path: str):
+    if name in library:
+        return library[name]
+    base, _, index = name.rpartition("/")
+    if base in library and index.isdigit():
+        concept = library[base]
+        if int(index) >= len(concept.clusters):
+            raise ConfigError(f"concept {base!r} in {path} has {len(concept.clusters)} clusters; no cluster {index}")
+        return concept.cluster(int(index))
+    raise UnknownNameError("concept", name, library)
+
+
+def _d_ff(model) -> int:
+    from ..models.adapters import Adapter
+
+    return Adapter(model).spec.d_ff

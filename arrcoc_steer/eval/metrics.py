@@ -1,0 +1,135 @@
+"""Per-episode metrics, each a documented rule over the trajectories of an :class:`EpisodeRecord`.
+
+Speeds are finite differences of the tool-centre-point position at the 10 Hz control rate,
+``v_t = |p_{t+1} - p_t| * 10`` m/s for step ``t`` (the mean speed over the step, exact for windows).
+
+Whole-episode metrics (:func:`episode_metrics`):
+
+=====================  ==========================================================================
+``success``            1.0 if the task's success predicate held at the end, else 0.0
+``length``             env steps taken
+``speed_mean``         mean of ``v_t`` over the episode (m/s); mixes phases in episode-specific
+                       proportions -- prefer ``speed_w`` for comparisons
+``path_x|y|z``         distance travelled along each world axis, ``sum_t |p_{t+1} - p_t|`` per axis (m);
+                       grows with episode length -- prefer ``path_*_w``
+``peak_ee_z``          highest tool-centre-point height above the table (m)
+``peak_target_lift``   highest target-object height minus its height at reset (m)
+``gripper_closes``     commanded closings: the gripper command (action[6]) goes from < 0 (or the
+                       open start) to > 0; ``gripper_opens`` the reverse; exactly 0 keeps the state
+``time_to_grasp``      first step at which both fingers hold the target object (steps); None if never
+=====================  ==========================================================================
+
+Length-controlled metrics (:func:`windowed_metrics`), the ones DESIGN.md asks effects to be claimed on
+(total displacement per episode confounds episode length; a faster policy ends sooner):
+
+=====================  ==========================================================================
+``speed_w``            mean ``v_t`` over the first ``W`` steps, ``t < W``
+``path_x|y|z_w``       distance travelled along each axis in the first ``W`` steps (m)
+=====================  ==========================================================================
+
+The matched window ``W`` is fixed per task across every condition and seed compared
+(:func:`matched_windows`): by default the length of the task's shortest episode among the compared
+episodes (status ``ok``), so every episode is measured over the same time span from the same start
+state; or a fixed number of steps. An episode shorter than ``W`` (only possible with a fixed window,
+or for a policy failure) is measured over the steps it has, and its ``window_steps`` says so.
+
+>>> import numpy as np
+>>> p = np.array([[0, 0, 0.1], [0.01, 0, 0.1], [0.02, 0, 0.12], [0.02, 0, 0.12]], float)
+>>> step_speeds(p).round(3).tolist()
+[0.1, 0.224, 0.0]
+>>> windowed_metrics(p, 2)["speed_w"].round(3)
+np.float64(0.162)
+"""
+
+from __future__ import annotations
+
+from collections.abc import Iterable, Mapping
+
+import numpy as np
+
+from ..errors import ConfigError
+from .rollout import CONTROL_HZ, EpisodeRecord
+
+EPISODE_METRICS = (
+    "success", "length", "speed_mean", "path_x", "path_y", "path_z", "peak_ee_z", "peak_target_lift",
+    "gripper_closes", "gripper_opens", "time_to_grasp",
+)  # fmt: skip
+WINDOWED_METRICS = ("speed_w", "path_x_w", "path_y_w", "path_z_w")
+METRICS = EPISODE_METRICS + WINDOWED_METRICS
+BINARY_METRICS = ("success",)
+
+
+def step_speeds(ee_pos: np.ndarray) -> np.ndarray:
+    """(T,) end-effector speed of each step (m/s) from (T+1, 3) positions."""
+    ee_pos = np.asarray(ee_pos, np.float64)
+    return np.linalg.norm(np.diff(ee_pos, axis=0), axis=1) * CONTROL_HZ if len(ee_pos) > 1 else np.zeros(0)
+
+
+def gripper_events(actions: np.ndarray) -> tuple[int, int]:
+    """(closings, openings) of the commanded gripper, starting open (module docstring)."""
+    closed, closes, opens = False, 0, 0
+    for g in np.asarray(actions, np.float64).reshape(-1, 7)[:, 6]:
+        if g > 0 and not closed:
+            closed, closes = True, closes + 1
+        elif g < 0 and closed:
+            closed, opens = False, opens + 1
+    return closes, opens
+
+
+def episode_metrics(rec: EpisodeRecord) -> dict[str, float | int | None]:
+    """The whole-episode metrics of ``rec`` (module docstring); NaN where there are no steps."""
+    nan = float("nan")
+    steps = np.abs(np.diff(rec.ee_pos.astype(np.float64), axis=0)) if len(rec.ee_pos) > 1 else np.zeros((0, 3))
+    closes, opens = gripper_events(rec.actions)
+    held = np.flatnonzero(rec.grasped)
+    z0 = float(rec.target_pose[0, 2]) if len(rec.target_pose) else nan
+    return {
+        "success": float(rec.success),
+        "length": int(rec.length),
+        "speed_mean": float(step_speeds(rec.ee_pos).mean()) if len(steps) else nan,
+        "path_x": float(steps[:, 0].sum()) if len(steps) else nan,
+        "path_y": float(steps[:, 1].sum()) if len(steps) else nan,
+        "path_z": float(steps[:, 2].sum()) if len(steps) else nan,
+        "peak_ee_z": float(rec.ee_pos[:, 2].max()) if len(rec.ee_pos) else nan,
+        "peak_target_lift": float(rec.target_pose[:, 2].max() - z0) if len(rec.target_pose) else nan,
+        "gripper_closes": closes,
+        "gripper_opens": opens,
+        "time_to_grasp": int(held[0]) if len(held) else None,
+    }
+
+
+def windowed_metrics(ee_pos: np.ndarray, window: int) -> dict[str, float]:
+    """The length-controlled metrics over the first ``window`` steps of (T+1, 3) positions."""
+    if window < 1:
+        raise ConfigError(f"window must be >= 1 step, got {window}")
+    p = np.asarray(ee_pos, np.float64)[: window + 1]
+    if len(p) < 2:
+        return {"speed_w": float("nan"), "path_x_w": float("nan"), "path_y_w": float("nan"),
+                "path_z_w": float("nan"), "window_steps": 0}  # fmt: skip
+    steps = np.abs(np.diff(p, axis=0))
+    return {
+        "speed_w": float(step_speeds(p).mean()),
+        "path_x_w": float(steps[:, 0].sum()),
+        "path_y_w": float(steps[:, 1].sum()),
+        "path_z_w": float(steps[:, 2].sum()),
+        "window_steps": len(steps),
+    }
+
+
+def matched_windows(rows: Iterable[Mapping], window: int | str = "min") -> dict[str, int]:
+    """Per task, the window ``W`` (steps) every compared episode is measured over.
+
+    ``rows`` are episode rows (``task``, ``status``, ``length``). ``window="min"``: the shortest
+    ``ok`` episode of the task (at least 1 step); an int: that many steps for every task.
+    """
+    rows = list(rows)
+    tasks = sorted({r["task"] for r in rows})
+    if window != "min":
+        if isinstance(window, bool) or not isinstance(window, int) or window < 1:
+            raise ConfigError(f"window must be 'min' or an int >= 1 (steps), got {window!r}")
+        return dict.fromkeys(tasks, window)
+    out = {}
+    for task in tasks:
+        lengths = [int(r["length"]) for r in rows if r["task"] == task and r["status"] == "ok"]
+        out[task] = max(1, min(lengths)) if lengths else 1
+    return out
