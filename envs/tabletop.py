@@ -196,11 +196,12 @@ class TabletopEnv(gym.Env):
         if unknown:
             raise ConfigError(f"unknown reset option(s) {sorted(unknown)}; valid: instruction, modifiers, paraphrase")
         rng = self.np_random
-        self.layout = self.task.layout(rng)
-        self.subgoals = self.task.resolve(self.layout)
-        self.modifiers, self.instruction = self._make_instruction(rng, options)
+        # the scene is drawn first, so one seed gives one scene whatever the instruction options
+        layout = self.task.layout(rng)
         hand_xyz = np.array([rng.uniform(-0.05, 0.05), rng.uniform(-0.10, 0.0), rng.uniform(0.14, 0.18)])
         hand_yaw = rng.uniform(-0.15, 0.15)
+        self.modifiers, self.instruction = self._make_instruction(rng, options)  # validates options
+        self.layout, self.subgoals = layout, self.task.resolve(layout)
         self._place_everything(hand_xyz, hand_yaw)
         self._steps = 0
         self._max_bottom = {b: self._block_pos(b)[2] - BLOCK_HALF for b in self.blocks}

@@ -53,6 +53,16 @@ def test_same_seed_gives_identical_observations(make_env):
     assert first["agentview"].tobytes() == again["agentview"].tobytes()
 
 
+def test_instruction_options_do_not_change_the_scene(make_env):
+    env = make_env(image_size=32)
+    base, _ = env.reset(seed=5)
+    for options in ({"modifiers": {"speed": "fast", "height": "high"}}, {"paraphrase": 0},
+                    {"instruction": "put the red block in the tray carefully"}):  # fmt: skip
+        obs, _ = env.reset(seed=5, options=options)
+        assert obs["agentview"].tobytes() == base["agentview"].tobytes()
+        assert obs["state"].tobytes() == base["state"].tobytes()
+
+
 def test_different_seeds_move_objects(make_env):
     env = make_env(render_cameras=False)
     poses = [env.reset(seed=s)[1]["object_poses"]["red_block"][:2] for s in range(4)]
