@@ -353,7 +353,11 @@ class EpisodeResult:
 
 
 def run_episode(env, seed: int, modifiers=None, noise: float = 0.0, paraphrase=None) -> EpisodeResult:
-    """Run the scripted expert for one episode on ``env`` (already made) and measure it."""
+    """Run the scripted expert for one episode on ``env`` (already made) and measure it.
+
+    ``modifiers``: a Modifiers, a dict, None (neutral) or "random" (sampled from ``seed``)."""
+    if isinstance(modifiers, str) and modifiers == "random":
+        modifiers = Modifiers.sample(np.random.default_rng(seed))
     options = {"modifiers": modifiers, "paraphrase": paraphrase}
     obs, info = env.reset(seed=seed, options=options)
     expert = ScriptedExpert(env, noise=noise, seed=seed)
@@ -377,13 +381,14 @@ def evaluate_expert(
     tasks: list[str] | None = None,
     episodes: int = 100,
     seed: int = 10_000,
-    modifiers: Modifiers | dict | None = None,
+    modifiers: Modifiers | dict | str | None = None,
     noise: float = 0.0,
     progress: bool = True,
 ) -> dict:
     """Success of the scripted expert on ``tasks`` (default: all) over ``episodes`` fresh seeds each.
 
     Seeds are ``seed + i`` for episode ``i`` (the same seeds for every task). Images are not rendered.
+    ``modifiers`` applies to every episode; "random" samples them per episode from its seed.
     Returns ``{"tasks": {name: {...}}, "suites": {suite: success rate}, "episodes": [EpisodeResult]}``
     where each task entry has ``success``, ``mean_length``, ``max_length``, ``mean_speed``,
     ``peak_object_height``.
@@ -464,12 +469,15 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=10_000, help="first episode seed")
     p.add_argument("--tasks", nargs="*", default=None, help="task names (default: all)")
     p.add_argument("--modifier-episodes", type=int, default=20, help="episodes per task for the modifier effects (0: skip)")
+    p.add_argument("--modifiers", choices=("none", "random"), default="none",
+                   help="modifiers of the success episodes: none (neutral) or random per episode")  # fmt: skip
     p.add_argument("--json", default=None, help="also write the numbers to this JSON file")
     args = p.parse_args(argv)
 
     t0 = time.time()
-    res = evaluate_expert(args.tasks, args.episodes, args.seed)
-    print(f"scripted expert, {args.episodes} episodes per task, seeds {args.seed}..{args.seed + args.episodes - 1}")
+    res = evaluate_expert(args.tasks, args.episodes, args.seed, "random" if args.modifiers == "random" else None)
+    print(f"scripted expert, {args.episodes} episodes per task, seeds {args.seed}..{args.seed + args.episodes - 1}, "
+          f"modifiers: {args.modifiers}")
     print(f"{'task':34s} {'success':>8s} {'mean len':>9s} {'max len':>8s} {'limit':>6s}")
     for name, r in res["tasks"].items():
         print(f"{name:34s} {r['success']:8.1%} {r['mean_length']:9.1f} {r['max_length']:8d} {TASKS[name].max_episode_steps:6d}")

@@ -215,3 +215,20 @@ def test_bad_constructor_arguments():
         TabletopEnv("LiftRedBlock", render_mode="depth_array")
     with pytest.raises(ConfigError, match="max_episode_steps"):
         TabletopEnv("LiftRedBlock", max_episode_steps=0)
+
+
+def test_works_in_a_gymnasium_vector_env():
+    import functools
+
+    import gymnasium
+
+    make = functools.partial(gymnasium.make, "arrcoc/LiftRedBlock-v0", image_size=32, max_episode_steps=3)
+    vec = gymnasium.vector.SyncVectorEnv([make, make])
+    try:
+        obs, info = vec.reset(seed=0)
+        assert obs["agentview"].shape == (2, 32, 32, 3) and len(obs["instruction"]) == 2
+        for _ in range(4):  # crosses an autoreset
+            obs, reward, terminated, truncated, info = vec.step(np.zeros((2, 7), np.float32))
+        assert obs["state"].shape == (2, 9) and np.all(np.isfinite(obs["state"]))
+    finally:
+        vec.close()
