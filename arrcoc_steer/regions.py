@@ -156,6 +156,23 @@ class RegionGrid:
         """As-equal-as-possible allocation of ``budget`` tokens (extra tokens to the first regions)."""
         return self.allocate(np.zeros(self.n_regions), budget)
 
+    def _water_level(self, w: np.ndarray, budget: int) -> float:
+        """The largest ``lam`` with ``sum(clip(lam * w, 1, max_level)) <= budget``, exactly.
+
+        The total is piecewise linear in ``lam`` with kinks at ``1 / w_i`` and ``max_level / w_i``:
+        evaluate it at every kink (one small matrix), then solve linearly inside the bracketing piece.
+        """
+        kinks = np.unique(np.concatenate([1.0 / w, self.max_level / w]))  # (k,) ascending
+        totals = np.clip(kinks[:, None] * w[None], 1, self.max_level).sum(1)  # non-decreasing
+        i = int(np.searchsorted(totals, budget, side="right"))  # totals[i - 1] <= budget < totals[i]
+        if i == len(kinks):
+            return float(kinks[-1])
+        if i == 0:
+            return float(kinks[0])
+        lo, hi = kinks[i - 1], kinks[i]
+        slope = (totals[i] - totals[i - 1]) / (hi - lo)
+        return float(lo + (budget - totals[i - 1]) / slope)
+
     def allocate(self, weights: np.ndarray, budget: int) -> np.ndarray:
         """Water-filling allocation with an exact total, deterministic and monotone in ``weights``.
 
@@ -172,19 +189,10 @@ class RegionGrid:
         w = w - w.min()
         w = w / w.max() if w.max() > 0 else np.ones_like(w)
         w = w + 1e-3  # every region stays addressable by lam
-        lo, hi = 0.0, float(self.max_level) / w.min()
-        for _ in range(60):  # bisection on lam: total(lam) is monotone non-decreasing
-            lam = 0.5 * (lo + hi)
-            if np.clip(lam * w, 1, self.max_level).sum() > budget:
-                hi = lam
-            else:
-                lo = lam
-        tokens = np.floor(np.clip(lo * w, 1, self.max_level) + 1e-9).astype(np.int64)
+        lam = self._water_level(w, budget)
+        tokens = np.floor(np.clip(lam * w, 1, self.max_level) + 1e-9).astype(np.int64)
         order = np.lexsort((np.arange(w.size), -w))  # by weight desc, then index asc
-        for i in order:
-            if tokens.sum() >= budget:
-                break
-            if tokens[i] < self.max_level:
-                tokens[i] += 1
+        open_ = order[tokens[order] < self.max_level]  # one extra token each, in that order
+        tokens[open_[: budget - int(tokens.sum())]] += 1
         assert tokens.sum() == budget, (tokens.sum(), budget)
         return tokens.reshape(self.n_cameras, self.regions_per_camera)
