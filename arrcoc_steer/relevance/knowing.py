@@ -190,29 +190,35 @@ def perspectival(stats: ImageStats, floor: float = 0.1, edge_weight: float = 1.0
 ROLE_WEIGHTS = {"target": 1.0, "destination": 0.5, "anchor": 0.5}
 
 
-def participatory(stats: ImageStats, query: Query, floor: float = 0.05) -> KnowingMap:
+def participatory(stats: ImageStats, query: Query, floor: float = 0.05, cell_floor: float = 0.25) -> KnowingMap:
     """Instruction-region coupling through colour names, with the query's spatial prior.
 
-    Each palette colour's pixel fraction is divided by max(its largest region fraction in the image,
-    floor), so a large tray does not swamp a small block; the role maps are weighted by ROLE_WEIGHTS.
+    Each palette colour's pixel fraction is divided by max(its largest fraction in the image, floor)
+    -- per region for the region map, per cell (floor 0.25) for the cell map -- so a large tray does
+    not swamp a small block; roles combine by ROLE_WEIGHTS, each pixel under its strongest role.
     """
     grid = stats.grid
-    frac_cells = stats.names / float(grid.cell_px**2)  # (n, G, G, K)
-    frac_regions = _to_regions(stats.names, grid) / float(grid.region_px**2)  # (n, R, K)
-    scale = np.maximum(frac_regions.max(1), floor)[:, None, None, :]  # (n, 1, 1, K)
-    evidence = frac_cells / scale  # region means of this lie in [0, 1]
-    role = {r: evidence @ getattr(query, r) for r in ROLE_WEIGHTS}  # (n, G, G) each
-    target = spatial_prior(role["target"], role["anchor"], query.relation)
-    weighted = [ROLE_WEIGHTS["target"] * target] + [ROLE_WEIGHTS[r] * role[r] for r in ("destination", "anchor")]
-    cells = np.maximum.reduce(weighted)  # each pixel counts under its strongest role
-    regions = _to_regions(cells, grid) / grid.cells**2  # mean over the region's cells
+    frac = stats.names / float(grid.cell_px**2)  # (n, G, G, K)
+    region_scale = np.maximum(_to_regions(frac, grid).max(1) / grid.cells**2, floor)[:, None, None]  # (n, 1, 1, K)
+    cell_scale = np.maximum(frac.max((1, 2), keepdims=True), cell_floor)
+    fine = frac / cell_scale
+    prior = spatial_prior(fine @ query.target, fine @ query.anchor, query.relation)  # (n, G, G)
+    cells = _coupling(fine, query, prior)
+    regions = _to_regions(_coupling(frac / region_scale, query, prior), grid) / grid.cells**2
     return _normalise("participatory", regions, cells, 1.0)
 
 
+def _coupling(evidence: np.ndarray, query: Query, prior: np.ndarray) -> np.ndarray:
+    """``(n, G, G, K)`` colour evidence -> ``(n, G, G)``: max over roles of weight x role evidence."""
+    target = ROLE_WEIGHTS["target"] * prior * (evidence @ query.target)
+    others = [ROLE_WEIGHTS[r] * (evidence @ getattr(query, r)) for r in ("destination", "anchor")]
+    return np.maximum.reduce([target, *others])
+
+
 def spatial_prior(match: np.ndarray, anchor: np.ndarray, relation: str | None, sigma: float = SPATIAL_SIGMA):
-    """Weight ``(n, G, G)`` match maps toward the extreme matching object (module docstring)."""
+    """``(n, G, G)`` weights in (0, 1] favouring the extreme matching object (module docstring)."""
     if relation is None:
-        return match
+        return np.ones_like(match)
     n, g, _ = match.shape
     yy, xx = np.mgrid[0:g, 0:g].astype(np.float64) + 0.5
     if relation == "near":
@@ -227,7 +233,7 @@ def spatial_prior(match: np.ndarray, anchor: np.ndarray, relation: str | None, s
     candidate = (match > 0) & (match >= 0.5 * match.max((1, 2), keepdims=True))
     best = np.where(candidate, coord, np.inf).min((1, 2), keepdims=True)
     best = np.where(np.isfinite(best), best, 0.0)
-    return match * np.minimum(1.0, np.exp(-(coord - best) / sigma))
+    return np.minimum(1.0, np.exp(-(coord - best) / sigma))
 
 
 # -- procedural: learned from outcomes -----------------------------------------------------------

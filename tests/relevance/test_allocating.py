@@ -68,7 +68,10 @@ def test_result_records_maps_dominance_and_tensions(allocator, four_blocks):
     r = allocator({"agentview": four_blocks[0], "wrist": four_blocks[1], "instruction": "lift the blue block"})
     assert r.instruction == "lift the blue block" and r.budget == 100
     assert set(r.maps) == {"propositional", "perspectival", "participatory"}
-    assert all(m.shape == (2, 16) for m in r.maps.values()) and r.cell_relevance.shape == (2, 16, 16)
+    assert all(m.shape == (2, 16) for m in r.maps.values()) and r.cell_relevance is None
+    fine = RelevanceAllocator(RelevanceConfig(cell_relevance=True), grounder=allocator.grounder)(four_blocks, "lift")
+    assert fine.cell_relevance.shape == (2, 16, 16)
+    np.testing.assert_array_equal(fine.cell_relevance, allocator.relevance_maps(four_blocks, "lift"))
     assert set(np.unique(r.dominant)) <= set(LABELS)
     assert set(r.tension_winners) == set(TENSIONS)
     for t, poles in TENSIONS.items():
