@@ -37,8 +37,8 @@ or for a policy failure) is measured over the steps it has, and its ``window_ste
 >>> p = np.array([[0, 0, 0.1], [0.01, 0, 0.1], [0.02, 0, 0.12], [0.02, 0, 0.12]], float)
 >>> step_speeds(p).round(3).tolist()
 [0.1, 0.224, 0.0]
->>> windowed_metrics(p, 2)["speed_w"].round(3)
-np.float64(0.162)
+>>> round(windowed_metrics(p, 2)["speed_w"], 3)
+0.162
 """
 
 from __future__ import annotations

@@ -266,7 +266,11 @@ def compare_to_fixed(rows: Iterable[Mapping], closed_loop: str, fixed: Sequence[
             e["in_band"] = float(np.mean(np.abs(x / target - 1) <= tol))
         return e
 
-    same_spread = stats.levene(closed, candidates[best], center="median").pvalue if min(len(closed), len(candidates[best])) > 1 else NAN
+    same_spread = NAN
+    if min(len(closed), len(candidates[best])) > 1:
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")  # equal deviations in both groups: W is inf, p is 0
+            same_spread = stats.levene(closed, candidates[best], center="median").pvalue
     return {"metric": metric, "closed_loop": entry(closed_loop, closed), "fixed": entry(best, candidates[best]),
             "spread_p": float(same_spread), "success_ratio_to_baseline": success(closed_loop) / success(baseline)
             if success(baseline) else NAN}  # fmt: skip
