@@ -44,7 +44,7 @@ class RelevanceConfig:
     """the three opponent-processing knobs (balancing.py)."""
     camera_weights: tuple[float, ...] = (1.0, 1.0)
     """multiplies each camera's balanced relevance (agentview, wrist) before the biases."""
-    floors: tuple[float, float, float] = (1.0, 0.1, 0.05)
+    floors: tuple[float, float, float] = (1.0, 0.1, 0.03)
     """evidence floors of propositional (bits), perspectival (contrast) and participatory (pixel fraction)."""
     cell_relevance: bool = False
     """also balance the 16 x 16 cell maps into ``RelevanceResult.cell_relevance`` (~0.15 ms)."""

@@ -8,15 +8,17 @@ image stays at 0 instead of amplifying noise, and ``strength = min(1, max / floo
 evidence the image holds.
 
 * propositional -- information content from the pixels alone, no position prior: entropy (bits) of
-  the region's colour-name histogram plus entropy of its gradient-orientation histogram (4 unsigned
-  orientations + a "flat" bin for pixels under the edge threshold). Floor 1 bit.
+  a colour-name histogram plus entropy of a gradient-orientation histogram (4 unsigned orientations
+  + a "flat" bin for pixels under the edge threshold), per cell; a region scores the mean of its
+  pooled histogram's entropy and its most informative cell's (a small object in a flat region is
+  detail to particularize even if it barely moves the pooled entropy). Floor 1 bit.
 * perspectival -- salience: centre-surround contrast of the cell's mean opponent colour (L, R-G,
   B-Y) against its 5 x 5-cell neighbourhood and against the image mean (half each), plus the
   cell's mean gradient magnitude (Itti-Koch style). Region = (mean + max) / 2 of its cells. Floor 0.1.
 * participatory -- coupling of instruction and region in the shared space of colour names (see
   grounding.py): per palette colour, the fraction of a cell's pixels with that colour name, divided
-  by max(the colour's largest region fraction in the image, 0.05) -- a block covering 5% of a
-  region is full evidence, and a big tray does not swamp a small block; then weighted by the
+  by max(the colour's largest region fraction in the image, 0.03) -- a block covering 3% of a
+  region (30 px) is full evidence, and a big tray does not swamp a small block; then weighted by the
   query's colour weights per role and combined by the strongest role: max(target x 1 (times the
   spatial prior), destination x 0.5, anchor x 0.5). Region = mean of its cells. The spatial prior for "left" (and right/front/back): among cells matching at least
   half as well as the best, take the extreme coordinate e; every cell is weighted
@@ -169,9 +171,12 @@ class ImageStats:
 
 def propositional(stats: ImageStats, floor: float = 1.0) -> KnowingMap:
     """Information content: colour-name entropy + orientation entropy, in bits (module docstring)."""
-    regions = _entropy(_to_regions(stats.names, stats.grid)) + _entropy(_to_regions(stats.orient, stats.grid))
-    cells = _entropy(stats.names) + _entropy(stats.orient)
-    return _normalise("propositional", regions, cells, floor)
+    grid = stats.grid
+    pooled = _entropy(_to_regions(stats.names, grid)) + _entropy(_to_regions(stats.orient, grid))  # (n, R)
+    cells = _entropy(stats.names) + _entropy(stats.orient)  # (n, G, G)
+    n, g, c = stats.n, grid.grid, grid.cells
+    best_cell = cells.reshape(n, g, c, g, c).max((2, 4)).reshape(n, g * g)
+    return _normalise("propositional", 0.5 * (pooled + best_cell), cells, floor)
 
 
 def perspectival(stats: ImageStats, floor: float = 0.1, edge_weight: float = 1.0) -> KnowingMap:
@@ -190,7 +195,7 @@ def perspectival(stats: ImageStats, floor: float = 0.1, edge_weight: float = 1.0
 ROLE_WEIGHTS = {"target": 1.0, "destination": 0.5, "anchor": 0.5}
 
 
-def participatory(stats: ImageStats, query: Query, floor: float = 0.05, cell_floor: float = 0.25) -> KnowingMap:
+def participatory(stats: ImageStats, query: Query, floor: float = 0.03, cell_floor: float = 0.25) -> KnowingMap:
     """Instruction-region coupling through colour names, with the query's spatial prior.
 
     Each palette colour's pixel fraction is divided by max(its largest fraction in the image, floor)
