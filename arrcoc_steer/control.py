@@ -2,30 +2,34 @@
 
 A fixed steering strength is a blunt tool: large clamps destroy task success (DESIGN.md: 71% -> 2% on
 LIBERO at alpha 20 for speed), and the same alpha has a different effect in every phase of a task.
-The remedy is feedback: measure the behaviour while the episode runs (e.g. the end-effector speed
-over the last second) and set the strength of the next forward call from the error.
+The remedy is feedback: measure the behaviour while the episode runs and set the strength of the
+next forward call from the error.
 
 The controller is a PI controller on the log of the behaviour ratio, with a clamped integrator
 (anti-windup: at a limit it stops accumulating, so it leaves the limit as soon as the error turns)
 and a gate for the moments the policy is meant to be still (closing the gripper)::
 
-    r_t     = y_t / y_ref                                       this step's ratio to the reference
+    r_t     = y_t / y_ref,t                                     measured ratio to the reference
     e_t     = s * (log(target_ratio) - log(max(r_t, 1e-6)))     log error (x2 and /2 weigh alike)
     I_t     = clip(I_{t-1} + ki * e_t, the range that keeps alpha_t inside [alpha_min, alpha_max])
     alpha_t = alpha_init + kp * e_t + I_t                      held (no update) while r_t < gate
 
-The integrator is the noise filter: averaging the measurement inside the loop adds lag, and an
-integrator behind a W-step moving average is stable only for ``ki * g < 0.95`` at W = 5 and ``< 0.48``
-at W = 10 (``g`` = d log(behaviour) / d alpha), against ``< 2`` on the raw measurement. So the loop
-acts on each step, and ``window`` only smooths the ratio that is *reported* (``ratios``, :meth:`in_band`).
-With the default ``ki = 0.3`` any plant with ``0 < g < 6`` converges; the achieved ratio sits on the
-target to within the noise of ``~1 / ki`` averaged steps.
-
 ``s`` (``direction``) is +1 when a larger alpha increases the behaviour (a "fast" concept) and -1 when
-it decreases it (a "slow" concept). While the gate is shut, alpha is held. The controller knows
-nothing about models: it drives a *knob*, any callable ``knob(alpha)`` that sets the strength for the
-next forward call -- a neuron clamp, a residual direction's multiplier, or a policy's own method.
-:class:`SteererKnob` is the knob for :class:`~arrcoc_steer.steering.Steerer` interventions.
+it decreases it (a "slow" concept). What ``y`` and ``y_ref`` are is the caller's choice; the
+closed-loop condition of :mod:`arrcoc_steer.eval.conditions` uses the distance the end effector
+travelled over a trailing window (or since the start) against the distance the unsteered policy
+travelled over the same time span -- a length-controlled speed ratio.
+
+Stability: the integrator is itself the noise filter. With ``g = d log(y) / d alpha``, an integrator
+on the raw per-step ratio converges for ``ki * g < 2``; averaging the measurement over a trailing
+W-step window adds lag and lowers the limit (``< 0.95`` at W = 5, ``< 0.48`` at W = 10); a ratio
+of distances since the start slows the loop as ``1 / t`` but cannot oscillate. With the default
+``ki = 0.3``: ``g < 6`` per step, ``g < 1.6`` at W = 10.
+
+The controller knows nothing about models: it drives a *knob*, any callable ``knob(alpha)`` that sets
+the strength for the next forward call -- a neuron clamp, a residual direction's multiplier, or a
+policy's own method. :class:`SteererKnob` is the knob for :class:`~arrcoc_steer.steering.Steerer`
+interventions.
 
 >>> import math
 >>> speed = lambda a: 0.1 * math.exp(0.4 * a)          # a plant whose speed grows with alpha
@@ -39,7 +43,6 @@ next forward call -- a neuron clamp, a residual direction's multiplier, or a pol
 from __future__ import annotations
 
 import math
-from collections import deque
 from collections.abc import Callable, Sequence
 from dataclasses import asdict, dataclass
 
@@ -59,7 +62,6 @@ class ControllerConfig:
         alpha_min, alpha_max: the safe range alpha is clipped to.
         kp: proportional gain, alpha units per unit of log error.
         ki: integral gain, alpha units per unit of log error per step.
-        window: steps averaged into the reported ratio (``ratios``, :meth:`in_band`); not in the loop.
         gate: below this ratio in a step the policy is taken to pause on purpose; alpha is held.
         direction: +1 if a larger alpha increases the behaviour, -1 if it decreases it.
     """
@@ -71,7 +73,6 @@ class ControllerConfig:
     alpha_max: float = 10.0
     kp: float = 0.0
     ki: float = 0.3
-    window: int = 5
     gate: float = 0.25
     direction: int = 1
 
@@ -89,8 +90,6 @@ class ControllerConfig:
                               f"{self.alpha_min} <= {self.alpha_init} <= {self.alpha_max}")
         if self.kp < 0 or self.ki < 0 or self.kp + self.ki == 0:
             raise ConfigError(f"ControllerConfig gains must be >= 0 and not both 0, got kp={self.kp}, ki={self.ki}")
-        if isinstance(self.window, bool) or not isinstance(self.window, int) or self.window < 1:
-            raise ConfigError(f"ControllerConfig.window must be an int >= 1, got {self.window!r}")
         if not 0 <= self.gate < self.target_ratio:
             raise ConfigError(f"ControllerConfig.gate must be in [0, target_ratio), got {self.gate}")
         if self.direction not in (1, -1):
@@ -105,48 +104,49 @@ class AlphaController:
 
     Args:
         config: gains, limits and target (:class:`ControllerConfig`).
-        reference: the unsteered policy's value of the behaviour (e.g. its mean speed, m/s).
+        reference: the unsteered policy's value of the behaviour (e.g. its mean speed, m/s), used
+            when :meth:`update` is given none.
         knob: called with every new alpha (also once with ``alpha_init`` on :meth:`reset`).
 
-    Call :meth:`update` once per control step with the latest measurement; it returns the alpha for
-    the next forward call. ``alphas`` and ``ratios`` keep every step for the record.
+    Call :meth:`update` once per control step with the latest measurement (and, when the reference
+    changes along the episode, its value now); it returns the alpha for the next forward call.
+    ``alphas`` and ``ratios`` keep every step for the record.
     """
 
-    def __init__(self, config: ControllerConfig | None = None, *, reference: float, knob: Knob | None = None):
-        if isinstance(reference, bool) or not isinstance(reference, (int, float)) or not reference > 0 \
-                or not math.isfinite(reference):
-            raise ConfigError(f"AlphaController.reference must be a finite number > 0, got {reference!r}")
+    def __init__(self, config: ControllerConfig | None = None, *, reference: float = 1.0, knob: Knob | None = None):
         self.config = config or ControllerConfig()
-        self.reference = float(reference)
+        self.reference = _positive("reference", reference)
         self.knob = knob
         self.reset()
 
     def reset(self) -> None:
-        """Start of an episode: empty window, integrator at 0, alpha at ``alpha_init``."""
-        self._window: deque[float] = deque(maxlen=self.config.window)
+        """Start of an episode: integrator at 0, alpha at ``alpha_init``."""
         self._integral = 0.0
         self.alphas: list[float] = []  # alpha set after each update
-        self.ratios: list[float] = []  # reported ratio (mean over the last `window` steps) at each update
+        self.ratios: list[float] = []  # measured ratio at each update
         self._set(self.config.alpha_init)
 
     @property
     def alpha(self) -> float:
         return self._alpha
 
-    def update(self, measurement: float) -> float:
-        """Feed one measurement of the behaviour (same unit as ``reference``); returns the new alpha."""
+    def update(self, measurement: float, reference: float | None = None) -> float:
+        """Feed one measurement of the behaviour; returns the new alpha.
+
+        ``reference`` overrides the constructor's for this step (a reference that changes along the
+        episode).
+        """
         c = self.config
-        if not math.isfinite(measurement):
-            raise ConfigError(f"AlphaController.update got a non-finite measurement {measurement!r}")
-        self._window.append(float(measurement))
-        ratio = measurement / self.reference
+        if not math.isfinite(measurement) or measurement < 0:
+            raise ConfigError(f"AlphaController.update needs a finite measurement >= 0, got {measurement!r}")
+        ratio = measurement / (self.reference if reference is None else _positive("reference", reference))
         if ratio >= c.gate:
             error = c.direction * (math.log(c.target_ratio) - math.log(max(ratio, 1e-6)))
             offset = c.alpha_init + c.kp * error
             self._integral = min(max(self._integral + c.ki * error, c.alpha_min - offset), c.alpha_max - offset)
             self._set(offset + self._integral)
         self.alphas.append(self._alpha)
-        self.ratios.append(sum(self._window) / len(self._window) / self.reference)
+        self.ratios.append(ratio)
         return self._alpha
 
     def in_band(self, ratios: Sequence[float] | None = None) -> float:
@@ -162,6 +162,12 @@ class AlphaController:
         self._alpha = min(max(float(alpha), c.alpha_min), c.alpha_max)
         if self.knob is not None:
             self.knob(self._alpha)
+
+
+def _positive(name: str, value) -> float:
+    if isinstance(value, bool) or not isinstance(value, (int, float)) or not math.isfinite(value) or value <= 0:
+        raise ConfigError(f"AlphaController.{name} must be a finite number > 0, got {value!r}")
+    return float(value)
 
 
 class SteererKnob:

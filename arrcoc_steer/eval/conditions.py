@@ -423,19 +423,31 @@ class _SteerRuntime(Runtime):
 class ClosedLoop(Condition):
     """Hold a behaviour at ``controller.target_ratio`` x the unsteered policy's by setting alpha each step.
 
+    The measured behaviour (``speed``) is the end-effector speed over the last ``window`` steps (the
+    distance travelled / the time), divided by the reference: the unsteered policy's mean speed on
+    the task. While that ratio is below ``controller.gate`` (grasping, releasing) alpha is held.
+    Measured on the expert (translation gain 2**alpha as the knob, alpha from 0; 3 tasks x 6 seeds):
+    +23% matched-window speed and +25% mean speed for a +30% target (both within +-10% of it),
+    episodes 19% shorter, success unchanged; the 10-step ratio is in the band on ~55% of the steps
+    (the phases of a task differ in speed: the loop holds the mean, not every step).
+
     Attributes:
         steer: the :class:`Concept` or :class:`Residual` condition whose alpha / strength is the knob;
             None uses the policy's own ``set_strength(alpha)``.
         behaviour: what is held; ``speed`` = end-effector speed (m/s, finite differences at 10 Hz).
         controller: gains, limits, target and band (:class:`~arrcoc_steer.control.ControllerConfig`).
-        reference: the unsteered value of the behaviour (m/s); None: measured per task on the sweep's
-            baseline condition (its mean end-effector speed) before these episodes run.
+        window: steps of the trailing window the speed is averaged over; None: since the start (then
+            the episode's mean speed is what is held; the loop slows as 1 / t but cannot oscillate).
+            Longer windows add lag: keep ``ki * g < 0.48`` at 10 steps (:mod:`arrcoc_steer.control`).
+        reference: the unsteered mean speed (m/s); None: measured per task on the sweep's baseline
+            condition (the mean of its episodes' ``speed_mean``) before these episodes run.
     """
 
     kind: ClassVar[str] = "closed_loop"
     steer: Concept | Residual | None = None
     behaviour: str = "speed"
     controller: ControllerConfig = field(default_factory=ControllerConfig)
+    window: int | None = 10
     reference: float | None = None
 
     def _validate(self) -> None:
@@ -449,12 +461,16 @@ class ClosedLoop(Condition):
             object.__setattr__(self, "controller", _from_fields(ControllerConfig, self.controller, "controller"))
         if not isinstance(self.controller, ControllerConfig):
             raise ConfigError(f"ClosedLoop.controller must be a ControllerConfig, got {self.controller!r}")
+        if self.window is not None and (isinstance(self.window, bool) or not isinstance(self.window, int)
+                                        or self.window < 1):  # fmt: skip
+            raise ConfigError(f"ClosedLoop.window must be None or an int >= 1 (steps), got {self.window!r}")
         if self.reference is not None and not _number("ClosedLoop", "reference", self.reference) > 0:
             raise ConfigError(f"ClosedLoop.reference must be > 0 (m/s) or None, got {self.reference!r}")
 
     def default_name(self) -> str:
         knob = "policy" if self.steer is None else (
-            self.steer.steer_label().split("_")[0] if isinstance(self.steer, Concept) else Path(self.steer.direction).stem)
+            "+".join(self.steer.concept).replace("/", ".") if isinstance(self.steer, Concept)
+            else Path(self.steer.direction).stem)  # fmt: skip
         return f"closed_loop_{knob}_{self.behaviour}_x{self.controller.target_ratio:g}"
 
     @property
@@ -480,19 +496,25 @@ class ClosedLoop(Condition):
             if not callable(getattr(policy, "set_strength", None)):
                 raise ConfigError(f"condition {self.name!r} names no steer, so the policy must have "
                                   f"set_strength(alpha); {type(policy).__name__} has none")
-            return _ClosedLoopRuntime(self.controller, reference, policy.set_strength, None)
+            return _ClosedLoopRuntime(self, reference, policy.set_strength, None)
         steer = self.steer
         calibration = resources.calibration(steer.calibration) if getattr(steer, "calibration", None) else None
         steer.interventions(policy, resources)  # validate names and layers before the episode
         knob = SteererKnob(steerable_model(policy), lambda a: steer.interventions(policy, resources, a),
                            calibration=calibration)
-        return _ClosedLoopRuntime(self.controller, reference, knob, knob)
+        return _ClosedLoopRuntime(self, reference, knob, knob)
 
 
 class _ClosedLoopRuntime(Runtime):
-    def __init__(self, config: ControllerConfig, reference: float, knob, context):
-        self.config, self.reference, self.knob, self.context = config, float(reference), knob, context
+    """Feeds the controller the mean speed over the trailing window."""
+
+    def __init__(self, spec: ClosedLoop, reference: float, knob, context):
+        self.config, self.window, self.knob, self.context = spec.controller, spec.window, knob, context
+        self.reference = float(reference)
+        if not (math.isfinite(self.reference) and self.reference > 0):
+            raise ConfigError(f"condition {spec.name!r}: the reference speed must be finite and > 0, got {reference!r}")
         self.controller: AlphaController | None = None
+        self.speeds: list[float] = []
 
     @contextlib.contextmanager
     def steering(self):
@@ -501,7 +523,9 @@ class _ClosedLoopRuntime(Runtime):
             yield
 
     def after_step(self, speed: float) -> None:
-        self.controller.update(speed)
+        self.speeds.append(speed)
+        recent = self.speeds[-self.window :] if self.window else self.speeds
+        self.controller.update(sum(recent) / len(recent))
 
     def traces(self) -> dict[str, np.ndarray]:
         c = self.controller
@@ -510,9 +534,11 @@ class _ClosedLoopRuntime(Runtime):
         return {"alpha": np.asarray(alphas, np.float32), "ratio": np.asarray(c.ratios if c else [], np.float32)}
 
     def notes(self) -> dict[str, Any]:
-        out: dict[str, Any] = {"reference": self.reference, "target_ratio": self.config.target_ratio}
-        if self.controller is not None:
+        out: dict[str, Any] = {"reference": self.reference, "target_ratio": self.config.target_ratio,
+                               "tolerance": self.config.tolerance}  # fmt: skip
+        if self.controller is not None and self.controller.ratios:
             out["in_band"] = self.controller.in_band()
+            out["final_ratio"] = self.controller.ratios[-1]
         if isinstance(self.knob, SteererKnob):
             out["steer_counts"] = self.knob.counts
         return out

@@ -130,7 +130,7 @@ def run_episode(
         seed: the env seed (layout, start pose, paraphrase); also seeds the global RNGs.
         condition: what to do to the policy (default: unsteered).
         resources: loaded files and helpers to reuse across episodes.
-        reference: the reference behaviour for closed-loop conditions (m/s).
+        reference: the unsteered speed (m/s) closed-loop conditions hold a multiple of.
         frames: ``"agentview"`` or ``"wrist"`` to keep that camera's frames (for videos).
         max_steps: stop earlier than the env's own time limit.
     """

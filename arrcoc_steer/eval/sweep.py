@@ -455,7 +455,7 @@ def _run(runner, jobs: list[Job], folder: RunFolder, history: dict, retries: int
 
 
 def _references(folder: RunFolder, tasks: list[str], seeds: list[int], baseline: str) -> dict[str, float]:
-    """Per task, the baseline's mean end-effector speed (``speed_mean`` of its ok episodes)."""
+    """Per task, the baseline's mean end-effector speed (m/s): ``speed_mean`` over its ok episodes."""
     refs = {}
     for task in tasks:
         speeds = [doc["metrics"]["speed_mean"] for s in seeds
