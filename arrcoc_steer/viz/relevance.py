@@ -197,31 +197,40 @@ def plot_instructions(results: Sequence[RelevanceResult], images: np.ndarray, pa
             if r == 0:
                 ax.set_title(f"{cam}: {kind}", fontsize=9)
         axes[r, 0].set_ylabel(f"{res.instruction}", fontsize=8, wrap=True)
+    from matplotlib.patches import Patch
+
+    present = [w for w in LABELS if any(w in set(np.unique(r.dominant)) for r in results)]
+    fig.legend(handles=[Patch(color=WAY_COLOURS[w], label=w) for w in present], loc="lower center",
+               ncol=len(present), fontsize=8, frameon=False, title="dominant way of knowing", title_fontsize=8)  # fmt: skip
     title = " vs ".join(repr(r.instruction) for r in results)
     if len(results) == 2:
         iou = query_sensitivity_iou(results[0].allocation, results[1].allocation)
         title += f"\nIoU of detailed regions {iou:.2f} (budget {results[0].budget})"
     fig.suptitle(title, fontsize=10)
-    fig.tight_layout()
+    fig.tight_layout(rect=(0, 0.08, 1, 1))
     if path is not None:
         fig.savefig(path, dpi=110)
     return fig
 
 
 def episode_frame(images: np.ndarray, result: RelevanceResult, caption: str = "", scale: int = 3) -> np.ndarray:
-    """One video frame: budget overlay of each camera and the relevance heat map, with a caption."""
+    """One video frame: budget overlay of each camera, then each camera's relevance, with labels."""
     from PIL import Image, ImageDraw
 
-    grid = result.grid
-    tiles = [token_overlay(images[i], result.allocation[i], grid, scale) for i in range(len(result.cameras))]
+    grid, cams = result.grid, result.cameras
+    tiles = [token_overlay(images[i], result.allocation[i], grid, scale) for i in range(len(cams))]
     rel = result.relevance.max()
-    tiles += [heat_overlay(images[i], result.relevance[i].reshape(grid.grid, grid.grid), scale, rel) for i in range(len(result.cameras))]
+    tiles += [heat_overlay(images[i], result.relevance[i].reshape(grid.grid, grid.grid), scale, rel) for i in range(len(cams))]
+    labels = [f"{c}: tokens" for c in cams] + [f"{c}: relevance" for c in cams]
+    header = 30
     body = np.concatenate(tiles, 1)
-    frame = np.full((body.shape[0] + 22, body.shape[1], 3), 255, np.uint8)
-    frame[22:] = body
+    frame = np.full((body.shape[0] + header, body.shape[1], 3), 255, np.uint8)
+    frame[header:] = body
     pil = Image.fromarray(frame)
-    text = caption or f"{result.instruction}  |  B={result.budget}"
-    ImageDraw.Draw(pil).text((6, 5), text, fill=(0, 0, 0))
+    draw = ImageDraw.Draw(pil)
+    draw.text((6, 2), caption or f"{result.instruction}  |  B={result.budget}", fill=(0, 0, 0))
+    for k, label in enumerate(labels):
+        draw.text((k * tiles[0].shape[1] + 6, 16), label, fill=(90, 90, 90))
     return np.asarray(pil)
 
 
