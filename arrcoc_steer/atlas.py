@@ -328,8 +328,11 @@ class _Projector:
         vocab, d = basis.shape
         self.vocab, self.k, self.settings = vocab, settings.top_k, settings
         padded = -(-vocab // _GROUP) * _GROUP
-        self.basis = torch.zeros(padded, d, device=device, dtype=dtype)  # zero rows pad the groups
-        self.basis[:vocab] = basis.to(device, dtype)
+        if padded == vocab and settings.score == "dot":
+            self.basis = basis.to(device, dtype)  # no copy when it already fits
+        else:
+            self.basis = torch.zeros(padded, d, device=device, dtype=dtype)  # zero rows pad the groups
+            self.basis[:vocab] = basis.to(device, dtype)
         if settings.score == "cosine":
             self.basis[:vocab] /= self.basis[:vocab].norm(dim=1, keepdim=True).clamp_min(1e-12)
         budget = 512 * 2**20 // (padded * self.basis.element_size())
@@ -352,19 +355,19 @@ class _Projector:
             scores = self.buffer[: chunk.shape[0]]
             torch.matmul(chunk, self.basis.T, out=scores)  # (c, padded vocab)
             parts.append(self._select(scores))
-        ids, vals, bottom_ids, bottom_vals = (torch.cat(p) if p[0] is not None else None for p in zip(*parts))
-        return ids, vals, bottom_ids, bottom_vals
+        # one device -> host copy per layer, so the GPU is never stalled between chunks
+        return tuple(torch.cat(p).cpu() if p[0] is not None else None for p in zip(*parts))
 
     def _select(self, scores: torch.Tensor):
         scores[:, self.vocab:] = float("-inf")
         vals, ids = grouped_topk(scores, self.k)
-        top = (ids.int().cpu(), vals.float().cpu())
+        top = (ids.int(), vals.float())
         if not self.settings.both_signs:
             return (*top, None, None)
         scores.neg_()
         scores[:, self.vocab:] = float("-inf")
         vals, ids = grouped_topk(scores, self.k)
-        return (*top, ids.int().cpu(), (-vals).float().cpu())
+        return (*top, ids.int(), (-vals).float())
 
 
 def grouped_topk(scores: torch.Tensor, k: int, group: int = _GROUP) -> tuple[torch.Tensor, torch.Tensor]:
@@ -390,21 +393,27 @@ def _weighted(values: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
 
 
 def weights_hash(adapter: Adapter, basis: torch.Tensor | None = None) -> str:
-    """blake2b of every value-vector weight and of the token basis, as stored (hex, 32 chars)."""
-    h = hashlib.blake2b(digest_size=16)
-    spec = adapter.spec
+    """blake2b of every value-vector weight and of the token basis, as stored (hex, 32 chars).
+
+    Each tensor is hashed in its own thread (hashlib releases the GIL), then the digests are
+    hashed together: ~3 GB of OpenVLA value vectors take about a second on a many-core host.
+    """
+    from concurrent.futures import ThreadPoolExecutor
+
     if basis is None:
         _, basis = adapter.basis("auto")
-    for layer in range(spec.n_layers):
-        _update(h, adapter.module(f"layers.{layer}.mlp.post").weight)
-    _update(h, basis)
-    return h.hexdigest()
+    tensors = [adapter.module(f"layers.{i}.mlp.post").weight for i in range(adapter.spec.n_layers)]
+    with ThreadPoolExecutor(max_workers=8) as pool:
+        digests = list(pool.map(_digest, tensors + [basis]))
+    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
 
 
-def _update(h, tensor: torch.Tensor) -> None:
+def _digest(tensor: torch.Tensor) -> bytes:
     t = tensor.detach().contiguous().cpu()
-    h.update(f"{tuple(t.shape)}{t.dtype}".encode())
-    h.update(t.view(torch.uint8).numpy().data if t.numel() else b"")
+    h = hashlib.blake2b(f"{tuple(t.shape)}{t.dtype}".encode(), digest_size=16)
+    if t.numel():
+        h.update(t.view(torch.uint8).numpy().data)
+    return h.digest()
 
 
 def _mismatch(meta: dict, digest: str, settings: AtlasSettings) -> str | None:
