@@ -86,7 +86,7 @@ class RelevanceResult:
     def explain(self, camera: str, region: int) -> str:
         """One line on why ``region`` of ``camera`` got its tokens."""
         i = self.cameras.index(camera)
-        poles = ", ".join(f"{t.split('_vs_')[0]}/{t.split('_vs_')[1]}: {w[i, region]}" for t, w in self.tension_winners.items())
+        poles = ", ".join(f"{t.replace('_vs_', '/')}: {w[i, region]}" for t, w in self.tension_winners.items())
         ways = ", ".join(f"{k[:5]}={v[i, region]:.2f}" for k, v in self.maps.items())
         return (
             f"{camera} region {region}: {self.allocation[i, region]} tokens, relevance {self.relevance[i, region]:.3f}"

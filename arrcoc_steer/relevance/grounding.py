@@ -23,11 +23,16 @@ as descriptors and the embedding generalises from there.
 Specificity: when a colour and an object that contains it are both named ("red block"), the object
 is dropped (its colour set is a strict superset), so the query points at red, not at every block.
 
+Roles: named concepts are targets; after a destination word ("in", "into", "on", "onto", "to", ...)
+they are destinations until a clause word ("and", "then", ",") starts a new target; after a proximity
+word ("closest", "nearest", "near", "next", "beside", "by") they are anchors, except a concept right
+after it ("the closest block"). "on the left": a spatial word right after a destination word cancels it.
+
 Spatial relations (a closed class, matched exactly): ``left``/``leftmost`` and ``right``/``rightmost``
-(image x), ``front``/``nearest``/``closest`` without an anchor (image y, bottom is nearer the agentview
-camera), ``back``/``behind``/``far``/``farthest`` (top), and ``closest|nearest|near|next|beside <..>
-<concept>`` (distance to that anchor concept). ``knowing.participatory`` turns them into a prior over
-the matching cells (documented there).
+(image x), ``front`` and ``closest``/``nearest`` without an anchor (image y, the bottom is nearer the
+agentview camera), ``back``/``behind``/``far``/``farthest`` (the top), and ``near`` when an anchor is
+named ("the block closest to the tray"). ``knowing.participatory`` turns them into a prior over the
+matching cells.
 
 >>> palette = Palette.default()
 >>> palette.name_of((200, 30, 30)), palette.name_of((90, 90, 90))

@@ -16,15 +16,17 @@ evidence the image holds.
   B-Y) against its 5 x 5-cell neighbourhood and against the image mean (half each), plus the
   cell's mean gradient magnitude (Itti-Koch style). Region = (mean + max) / 2 of its cells. Floor 0.1.
 * participatory -- coupling of instruction and region in the shared space of colour names (see
-  grounding.py): per palette colour, the fraction of a cell's pixels with that colour name, divided
-  by max(the colour's largest region fraction in the image, 0.03) -- a block covering 3% of a
-  region (30 px) is full evidence, and a big tray does not swamp a small block; then weighted by the
-  query's colour weights per role and combined by the strongest role: max(target x 1 (times the
-  spatial prior), destination x 0.5, anchor x 0.5). Region = mean of its cells. The spatial prior for "left" (and right/front/back): among cells matching at least
-  half as well as the best, take the extreme coordinate e; every cell is weighted
-  ``min(1, exp(-(coord - e) / sigma))`` with sigma = 1.5 cells, so the leftmost matching object keeps
-  its weight and objects a block-width further right drop to ~25%. "near X": coord = distance to X's
-  (coupling-weighted) centroid.
+  grounding.py). Per palette colour, the fraction of a cell's pixels with that colour name is
+  divided by max(the colour's largest fraction in the image, floor) -- per region (floor 0.03: a
+  block covering 3% of a region, 30 px, is full evidence) for the region map, per cell (floor 0.25)
+  for the cell map -- so a big tray does not swamp a small block. The query's colour weights turn
+  this into one map per role, combined by the strongest role:
+  ``max(1.0 * target * spatial prior, 0.5 * destination, 0.5 * anchor)``; a region is the mean
+  of its cells. The spatial prior for "left" (and right / front / back): among cells matching at
+  least half as well as the best, take the extreme coordinate e; every cell is weighted
+  ``min(1, exp(-(coord - e) / sigma))`` with sigma = 1.5 cells, so the leftmost matching object
+  keeps its weight and objects a block-width further right drop to ~25%. "near X": coord =
+  distance to X's (evidence-weighted) centroid.
 * procedural (optional) -- ``OcclusionSensitivity``: how far a policy's action moves when a region
   is replaced by the image's mean colour (one policy call per region, so for analysis, not per step).
 

@@ -136,7 +136,8 @@ def plot_relevance(result: RelevanceResult, images: np.ndarray, path: str | Path
         panels["dominant"] = _categorical(img, result.dominant[i], WAY_COLOURS, grid, alpha)
         for t, (a, b) in TENSIONS.items():
             cmap = {a: POLE_COLOURS[0], b: POLE_COLOURS[1]}
-            panels[t] = _categorical(img, result.tension_winners[t][i], cmap, grid, np.full(grid.regions_per_camera, 0.55))
+            opacity = np.full(grid.regions_per_camera, 0.55)
+            panels[t] = _categorical(img, result.tension_winners[t][i], cmap, grid, opacity)
         for j, name in enumerate(cols):
             ax = axes[i, j]
             ax.imshow(panels[name], interpolation="nearest")
@@ -178,7 +179,8 @@ def plot_instructions(results: Sequence[RelevanceResult], images: np.ndarray, pa
     images = np.asarray(images)
     cams = results[0].cameras
     cols = [(c, k) for c in cams for k in ("participatory", "budget", "dominant")]
-    fig, axes = plt.subplots(len(results), len(cols), figsize=(2.0 * len(cols), 2.2 * len(results) + 0.6), squeeze=False)
+    size = (2.0 * len(cols), 2.2 * len(results) + 0.6)
+    fig, axes = plt.subplots(len(results), len(cols), figsize=size, squeeze=False)
     for r, res in enumerate(results):
         grid = res.grid
         for j, (cam, kind) in enumerate(cols):
@@ -200,8 +202,9 @@ def plot_instructions(results: Sequence[RelevanceResult], images: np.ndarray, pa
     from matplotlib.patches import Patch
 
     present = [w for w in LABELS if any(w in set(np.unique(r.dominant)) for r in results)]
-    fig.legend(handles=[Patch(color=WAY_COLOURS[w], label=w) for w in present], loc="lower center",
-               ncol=len(present), fontsize=8, frameon=False, title="dominant way of knowing", title_fontsize=8)  # fmt: skip
+    handles = [Patch(color=WAY_COLOURS[w], label=w) for w in present]
+    fig.legend(handles=handles, loc="lower center", ncol=len(present), fontsize=8, frameon=False,
+               title="dominant way of knowing", title_fontsize=8)  # fmt: skip
     title = " vs ".join(repr(r.instruction) for r in results)
     if len(results) == 2:
         iou = query_sensitivity_iou(results[0].allocation, results[1].allocation)
@@ -220,7 +223,8 @@ def episode_frame(images: np.ndarray, result: RelevanceResult, caption: str = ""
     grid, cams = result.grid, result.cameras
     tiles = [token_overlay(images[i], result.allocation[i], grid, scale) for i in range(len(cams))]
     rel = result.relevance.max()
-    tiles += [heat_overlay(images[i], result.relevance[i].reshape(grid.grid, grid.grid), scale, rel) for i in range(len(cams))]
+    for i in range(len(cams)):
+        tiles.append(heat_overlay(images[i], result.relevance[i].reshape(grid.grid, grid.grid), scale, rel))
     labels = [f"{c}: tokens" for c in cams] + [f"{c}: relevance" for c in cams]
     header = 30
     body = np.concatenate(tiles, 1)

@@ -8,7 +8,8 @@ import pytest
 from arrcoc_steer.relevance import Grounder, RelevanceAllocator
 
 TABLE = (158, 153, 145)
-RED, GREEN, BLUE, YELLOW, ORANGE, BROWN = (220, 20, 20), (25, 184, 41), (20, 66, 235), (245, 214, 15), (242, 122, 20), (115, 92, 71)
+RED, GREEN, BLUE, YELLOW = (220, 20, 20), (25, 184, 41), (20, 66, 235), (245, 214, 15)
+ORANGE, BROWN = (242, 122, 20), (115, 92, 71)  # the spatial suite's blocks, the tray
 
 
 def scene(*blocks, size: int = 128, background=TABLE, seed: int = 0) -> np.ndarray:

@@ -153,7 +153,8 @@ def test_mask_of_the_wrong_size_is_an_error(allocator, four_blocks, shape):
     "kwargs, match",
     [({"toward": "mask"}, "Steer.mask is required"), ({"toward": "mask", "mask": np.zeros((128, 128))}, "empty"),
      ({"toward": "box"}, "Steer.box is required"), ({"toward": "box", "box": (10, 10, 5, 20)}, "x0 < x1"),
-     ({"toward": "target", "box": (0, 0, 1, 1)}, "only then"), ({"toward": "target", "strength": float("inf")}, "finite")],
+     ({"toward": "target", "box": (0, 0, 1, 1)}, "only then"),
+     ({"toward": "target", "strength": float("inf")}, "finite")],
 )  # fmt: skip
 def test_malformed_steers_are_errors(kwargs, match):
     with pytest.raises(ConfigError, match=match):
@@ -184,3 +185,20 @@ def test_camera_weights_shift_budget_between_cameras(allocator):
     a = allocator(images, "lift the red block", budget=100).allocation
     b = favour_wrist(images, "lift the red block", budget=100).allocation
     assert b[1].sum() > a[1].sum()
+
+
+def test_a_long_control_loop_does_not_grow_memory(allocator, four_blocks):
+    import tracemalloc
+
+    steer = [Steer("gripper", 0.3)]
+    run = lambda k: allocator(four_blocks, ("lift the red block", "put the blue block on the plate")[k % 2],
+                              budget=64 + k % 300, steer=steer, gripper_px={"agentview": (k % 128, 60)})  # fmt: skip
+    for k in range(20):  # warm every cache
+        run(k)
+    tracemalloc.start()
+    base = tracemalloc.get_traced_memory()[0]
+    for k in range(300):
+        run(k)
+    grown = tracemalloc.get_traced_memory()[0] - base
+    tracemalloc.stop()
+    assert grown < 256 * 1024, f"{grown} bytes retained over 300 steps"

@@ -113,12 +113,14 @@ def test_keeping_every_token_reproduces_the_models_own_generate(allocator, qwen)
     img = red_block_image(32)
     inputs = llava_inputs([img])
     plain = llava.generate(**inputs, max_new_tokens=4, do_sample=False)
-    pruned = VisualTokenPruner(llava, 64, allocator=allocator).generate(inputs, [img], "lift", max_new_tokens=4, do_sample=False)
+    pruner = VisualTokenPruner(llava, 64, allocator=allocator)
+    pruned = pruner.generate(inputs, [img], "lift", max_new_tokens=4, do_sample=False)
     assert torch.equal(plain[:, -4:], pruned)
     imgs = [red_block_image(64), scene(size=64, seed=4)]  # 16 x 16 patches -> 8 x 8 = 64 merged tokens
     inputs = qwen_inputs(imgs)
     plain = qwen.generate(**inputs, max_new_tokens=4, do_sample=False)
-    pruned = VisualTokenPruner(qwen, 64, allocator=allocator).generate(inputs, imgs, "lift", max_new_tokens=4, do_sample=False)
+    pruner = VisualTokenPruner(qwen, 64, allocator=allocator)
+    pruned = pruner.generate(inputs, imgs, "lift", max_new_tokens=4, do_sample=False)
     assert torch.equal(plain[:, -4:], pruned)
 
 
