@@ -348,8 +348,8 @@ class EpisodeResult:
     length: int
     mean_speed: float  # mean end-effector speed over the episode (finite differences at 10 Hz)
     mean_speed_window: float  # mean end-effector speed over the first WINDOW steps (length-matched)
-    peak_object_height: float  # highest bottom of the target block while held
-    peak_ee_height_held: float  # highest tool-centre-point z while holding the target block
+    peak_object_height: float  # highest bottom of a block while held by both fingers
+    peak_ee_height_held: float  # highest tool-centre-point z while holding a block
 
 
 def run_episode(env, seed: int, modifiers=None, noise: float = 0.0, paraphrase=None) -> EpisodeResult:
@@ -362,15 +362,14 @@ def run_episode(env, seed: int, modifiers=None, noise: float = 0.0, paraphrase=N
     obs, info = env.reset(seed=seed, options=options)
     expert = ScriptedExpert(env, noise=noise, seed=seed)
     u = env.unwrapped
-    target = info["target_object"]
     ee = [info["ee_pos"]]
     peak_obj, peak_ee = 0.0, 0.0
     terminated = truncated = False
     while not (terminated or truncated):
         obs, reward, terminated, truncated, info = env.step(expert.act(obs))
         ee.append(info["ee_pos"])
-        if info["grasped"] == target:
-            peak_obj = max(peak_obj, float(info["object_poses"][target][2] - BLOCK_HALF))
+        if info["grasped"] is not None:
+            peak_obj = max(peak_obj, float(info["object_poses"][info["grasped"]][2] - BLOCK_HALF))
             peak_ee = max(peak_ee, float(info["ee_pos"][2]))
     speeds = np.linalg.norm(np.diff(np.array(ee), axis=0), axis=1) * u.metadata["render_fps"]
     return EpisodeResult(u.task.name, seed, bool(info["success"]), len(ee) - 1, float(speeds.mean()),
