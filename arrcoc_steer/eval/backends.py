@@ -152,8 +152,6 @@ class LocalBackend(SerialBackend):
 
     def __init__(self, policy: Any, workers: int | None = None, env_kwargs: dict | None = None, threads: int = 1):
         self.workers = int(workers or os.cpu_count() or 1)
-        if self.workers < 1:
-            raise ConfigError(f"workers must be >= 1, got {workers}")
         _picklable(policy, "local")
         self._args = (policy, env_kwargs, threads)
         self._pool = None
@@ -290,13 +288,20 @@ class RayBackend:
         self.close()
 
 
-def make_backend(name: str, policy: Any, *, workers: int | None = None, address: str | None = None,
-                 env_kwargs: dict | None = None, threads: int = 1):
-    """The backend called ``name`` (:data:`BACKENDS`). ``local`` with one worker runs in-process."""
+def check_backend(name: str, workers: int | None = None, address: str | None = None) -> None:
+    """Raise unless ``name``, ``workers`` and ``address`` make a backend; starts nothing."""
     if name not in BACKENDS:
         raise UnknownNameError("backend", name, BACKENDS)
     if address is not None and name != "ray":
         raise ConfigError(f"address= joins a Ray cluster; it needs backend='ray', not {name!r}")
+    if workers is not None and (isinstance(workers, bool) or not isinstance(workers, int) or workers < 1):
+        raise ConfigError(f"workers must be None (all cores) or an int >= 1, got {workers!r}")
+
+
+def make_backend(name: str, policy: Any, *, workers: int | None = None, address: str | None = None,
+                 env_kwargs: dict | None = None, threads: int = 1):
+    """The backend called ``name`` (:data:`BACKENDS`). ``local`` with one worker runs in-process."""
+    check_backend(name, workers, address)
     if name == "serial" or (name == "local" and workers == 1):
         return SerialBackend(policy, env_kwargs)
     if name == "local":

@@ -111,18 +111,24 @@ def as_policy(obj: Any) -> Policy:
                       f"function of (observation, instruction); got {type(obj).__name__}")
 
 
+def check_policy_source(source: Any) -> None:
+    """Raise (listing the valid choices) unless :func:`load_policy` can load ``source``; loads nothing."""
+    if not isinstance(source, (str, Path)):
+        as_policy(source)
+    elif str(source) not in POLICY_NAMES and not (Path(source) / "config.json").is_file():
+        raise UnknownNameError("policy", str(source), [*POLICY_NAMES, "<a MiniVLA checkpoint directory>"])
+
+
 def load_policy(source: Any) -> Policy:
     """A policy from a name (``"expert"``), a checkpoint directory (MiniVLA), or a policy object."""
+    check_policy_source(source)
     if not isinstance(source, (str, Path)):
         return as_policy(source)
     if str(source) in POLICY_NAMES:
         return ExpertPolicy()
-    path = Path(source)
-    if path.is_dir() and (path / "config.json").is_file():
-        from ..models.minivla import MiniVLA
+    from ..models.minivla import MiniVLA
 
-        return MiniVLA.from_pretrained(path)
-    raise UnknownNameError("policy", str(source), [*POLICY_NAMES, "<a MiniVLA checkpoint directory>"])
+    return MiniVLA.from_pretrained(source)
 
 
 def describe_policy(source: Any) -> str:

@@ -40,10 +40,10 @@ from typing import Any
 import numpy as np
 
 from ..errors import ConfigError, UnknownNameError
-from .backends import Job, make_backend
+from .backends import Job, check_backend, make_backend
 from .conditions import Condition, Resources, as_condition
 from .metrics import EPISODE_METRICS, METRICS, WINDOWED_METRICS, episode_metrics, matched_windows, windowed_metrics
-from .policies import describe_policy
+from .policies import check_policy_source, describe_policy
 from .rollout import ARRAY_FIELDS, EpisodeRecord, episode_key
 from .stats import compare_to_fixed, control_summary, summarize
 
@@ -361,6 +361,8 @@ def evaluate(
         env_kwargs: extra arguments of :func:`envs.make` (e.g. ``image_size``).
         progress: show a tqdm bar.
     """
+    check_policy_source(policy)
+    check_backend(backend, workers, address)
     plan = _plan(tasks, conditions, seeds, baseline)
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an int >= 0, got {retries!r}")

@@ -78,3 +78,13 @@ class InterruptingExpert(ExpertPolicy):
         self.episodes += 1
         if self.episodes == self.after:
             raise KeyboardInterrupt
+
+
+class SlowExpert(ExpertPolicy):
+    """The expert, slowed down so that a test can interrupt a sweep in the middle."""
+
+    def predict_action(self, observation, instruction, **kwargs):
+        import time
+
+        time.sleep(0.02)
+        return super().predict_action(observation, instruction, **kwargs)
