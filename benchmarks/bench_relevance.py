@@ -9,7 +9,8 @@ the uniform allocation (what relevance replaces) and MiniVLA's ``predict_action`
 tokens (random LoRA weights: the timing does not depend on training). Issue 5's targets: relevance
 <= 10% of the control step, step at 64 tokens >= 2x faster than at 400.
 
-quality -- on rendered scenes of every suite (the instruction the env chose; segmentation "target"):
+quality -- on rendered scenes of every suite (the instruction the env chose; segmentation "target"),
+at reset or (--along-episodes) every 8 steps of scripted-expert episodes:
 target-mask recall of the detailed regions, pointing game per camera; on object-suite scenes (four
 blocks), query sensitivity = IoU of the detailed regions for "put the red block in the tray" vs
 "put the blue block in the tray" (and green vs yellow). Random keep and uniform pooling give the
@@ -51,6 +52,28 @@ def render_scenes(task: str, n: int, first_seed: int = 0) -> list[tuple[dict, di
         for seed in range(first_seed, first_seed + n):
             obs, info = env.reset(seed=seed)
             out.append((obs, info["segmentation"]))
+        return out
+    finally:
+        env.close()
+
+
+def rollout_scenes(task: str, n: int, first_seed: int = 0, every: int = 8) -> list[tuple[dict, dict]]:
+    """``n`` observations taken every ``every`` steps along scripted-expert episodes of ``task``."""
+    import envs
+    from envs.expert import ScriptedExpert
+
+    env = envs.make(task, segmentation=True)
+    out, seed = [], first_seed
+    try:
+        while len(out) < n:
+            obs, info = env.reset(seed=seed)
+            expert, seed, done = ScriptedExpert(env), seed + 1, False
+            for t in range(400):
+                if t % every == every - 1:
+                    out.append((obs, info["segmentation"]))
+                obs, _, terminated, truncated, info = env.step(expert.act())
+                if terminated or truncated or len(out) >= n:
+                    break
         return out
     finally:
         env.close()
@@ -118,9 +141,12 @@ def quality(args) -> None:
                            "PickBlockClosestToTrayIntoTray", "PickRedBlockIntoTray", "PickBlueBlockIntoTray",
                            "PutRedBlockOnPlate", "PushRedBlockToZone", "PutRedInTrayThenBlueOnPlate"]  # fmt: skip
     per_task = max(1, args.scenes // len(tasks))
-    rows = {b: {"recall": [], "random": [], "uniform": [], "point_av": [], "point_wr": []} for b in args.budgets}
+    keys = ("recall", "recall_av", "recall_wr", "random", "uniform", "point_av", "point_wr")
+    rows = {b: {k: [] for k in keys} for b in args.budgets}
+    only = lambda alloc, cam: np.where(np.arange(len(CAMERAS))[:, None] == cam, alloc, 1)  # other camera: 1 token
     for task in tasks:
-        scenes = render_scenes(task, per_task, first_seed=1000)
+        sample = rollout_scenes if args.along_episodes else render_scenes
+        scenes = sample(task, per_task, first_seed=1000)
         task_recall = []
         for obs, seg in scenes:
             masks = np.stack([seg[c]["target"] for c in CAMERAS])
@@ -128,7 +154,9 @@ def quality(args) -> None:
                 r = allocator(obs, obs["instruction"], budget=b)
                 rec = target_recall(r.allocation, masks, grid)
                 rows[b]["recall"].append(rec)
-                rows[b]["random"].append(target_recall(random_allocation(b, seed=len(rows[b]["random"])), masks, grid))
+                for cam, key in ((0, "recall_av"), (1, "recall_wr")):
+                    seen = np.where(np.arange(len(CAMERAS))[:, None, None] == cam, masks, False)
+                    rows[b][key].append(target_recall(only(r.allocation, cam), seen, grid))                rows[b]["random"].append(target_recall(random_allocation(b, seed=len(rows[b]["random"])), masks, grid))
                 rows[b]["uniform"].append(target_recall(uniform_allocation(b), masks, grid))
                 av, wr = pointing_game(r.relevance, masks, grid)
                 rows[b]["point_av"].append(av)
@@ -137,13 +165,15 @@ def quality(args) -> None:
                     task_recall.append(rec)
         print(f"  {task:34s} recall@100 {np.nanmean(task_recall):.3f}  ({per_task} scenes)  e.g. {obs['instruction']!r}")
     print(f"\nrecall / pointing over {per_task * len(tasks)} scenes (recall: fraction of target pixels in detailed regions)")
-    print("budget  recall  random-keep  uniform   pointing(agentview)  pointing(wrist, when seen)")
+    print("(all pixels; per camera where it sees the target; random keep and uniform pooling for reference)")
+    print("budget  recall  agentview  wrist   random-keep  uniform   pointing: agentview  wrist")
     for b, v in rows.items():
         m = {k: np.nanmean(x) for k, x in v.items()}
-        print(f"{b:6d}  {m['recall']:.3f}   {m['random']:.3f}        {m['uniform']:.3f}     {m['point_av']:.3f}"
-              f"                {m['point_wr']:.3f}")  # fmt: skip
+        print(f"{b:6d}  {m['recall']:.3f}   {m['recall_av']:.3f}      {m['recall_wr']:.3f}   {m['random']:.3f}"
+              f"        {m['uniform']:.3f}     {m['point_av']:.3f}               {m['point_wr']:.3f}")  # fmt: skip
 
-    scenes = render_scenes("PickRedBlockIntoTray", args.scenes, first_seed=2000)  # four blocks + tray
+    sample = rollout_scenes if args.along_episodes else render_scenes
+    scenes = sample("PickRedBlockIntoTray", args.scenes, first_seed=2000)  # four blocks + tray
     pairs = (("red", "blue"), ("green", "yellow"))
     print(f"\nquery sensitivity over {len(scenes)} object-suite scenes (IoU of detailed regions; lower = more query-aware)")
     for b in args.budgets:
@@ -170,6 +200,8 @@ def main(argv=None) -> None:
     q.add_argument("--scenes", type=int, default=54)
     q.add_argument("--budgets", type=int, nargs="+", default=[64, 100, 256, 400])
     q.add_argument("--tasks", nargs="*")
+    q.add_argument("--along-episodes", action="store_true",
+                   help="score observations every 8 steps of scripted-expert episodes instead of resets")
     args = parser.parse_args(argv)
     {"latency": latency, "quality": quality}[args.command](args)
 

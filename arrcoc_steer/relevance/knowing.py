@@ -23,10 +23,10 @@ evidence the image holds.
   this into one map per role, combined by the strongest role:
   ``max(1.0 * target * spatial prior, 0.5 * destination, 0.5 * anchor)``; a region is the mean
   of its cells. The spatial prior for "left" (and right / front / back): among cells matching at
-  least half as well as the best, take the extreme coordinate e; every cell is weighted
-  ``min(1, exp(-(coord - e) / sigma))`` with sigma = 1.5 cells, so the leftmost matching object
-  keeps its weight and objects a block-width further right drop to ~25%. "near X": coord =
-  distance to X's (evidence-weighted) centroid.
+  least half as well as the best, the object (8-connected cells) holding the extreme one keeps
+  weight 1; every other cell is weighted ``min(1, exp(-(coord - e) / sigma))``, e the chosen
+  object's far edge along the relation, sigma = 1.5 cells: objects a block-width beyond it drop to
+  ~25%. "near X": coord = distance to X's (evidence-weighted) centroid.
 * procedural (optional) -- ``OcclusionSensitivity``: how far a policy's action moves when a region
   is replaced by the image's mean colour (one policy call per region, so for analysis, not per step).
 
@@ -42,7 +42,7 @@ from functools import lru_cache
 from typing import Any, Protocol
 
 import numpy as np
-from scipy.ndimage import uniform_filter
+from scipy.ndimage import label, uniform_filter
 
 from ..errors import ConfigError
 from ..regions import CAMERAS, RegionGrid
@@ -223,6 +223,10 @@ def _coupling(evidence: np.ndarray, query: Query, prior: np.ndarray) -> np.ndarr
     return np.maximum.reduce([target, *others])
 
 
+_EIGHT_CONNECTED = np.zeros((3, 3, 3), bool)  # cells touch within an image, never across the batch
+_EIGHT_CONNECTED[1] = True
+
+
 def spatial_prior(match: np.ndarray, anchor: np.ndarray, relation: str | None, sigma: float = SPATIAL_SIGMA):
     """``(n, G, G)`` weights in (0, 1] favouring the extreme matching object (module docstring)."""
     if relation is None:
@@ -236,12 +240,15 @@ def spatial_prior(match: np.ndarray, anchor: np.ndarray, relation: str | None, s
         coord = np.hypot(yy - cy[:, None, None], xx - cx[:, None, None])  # (n, G, G)
         coord[mass <= 0] = 0.0  # anchor not visible in this image: no prior
     else:
-        coord = {"left": xx, "right": -xx, "back": yy, "front": -yy}[relation]
-        coord = np.broadcast_to(coord, match.shape)
+        coord = np.broadcast_to({"left": xx, "right": -xx, "back": yy, "front": -yy}[relation], match.shape)
     candidate = (match > 0) & (match >= 0.5 * match.max((1, 2), keepdims=True))
-    best = np.where(candidate, coord, np.inf).min((1, 2), keepdims=True)
-    best = np.where(np.isfinite(best), best, 0.0)
-    return np.minimum(1.0, np.exp(-(coord - best) / sigma))
+    objects, _ = label(candidate, structure=_EIGHT_CONNECTED)  # (n, G, G) object id per cell, 0 = none
+    ranked = np.where(candidate, coord, np.inf).reshape(n, -1)
+    chosen = objects.reshape(n, -1)[np.arange(n), ranked.argmin(1)]  # object holding the extreme cell
+    inside = (objects == chosen[:, None, None]) & (chosen[:, None, None] > 0)
+    far_side = np.where(inside, coord, -np.inf).max((1, 2), keepdims=True)  # the object's far edge
+    far_side = np.where(np.isfinite(far_side), far_side, 0.0)
+    return np.where(inside, 1.0, np.minimum(1.0, np.exp(-(coord - far_side) / sigma)))
 
 
 # -- procedural: learned from outcomes -----------------------------------------------------------

@@ -78,6 +78,14 @@ def test_spatial_prior_picks_the_extreme_identical_block(grounder, text, layout,
     assert c.argmax() == chosen and c[other] < 0.1 * c[chosen]
 
 
+def test_spatial_prior_keeps_a_large_object_whole(grounder):
+    """A held block fills half the wrist image: its right part must not decay like a second object."""
+    img = scene((ORANGE, (8, 8), 80), (ORANGE, (104, 100), 12))[None]  # big block: regions 0-2, 4-6, 8-10
+    c = maps(img, grounder.query("pick up the block on the left"))[2].regions[0]
+    big = [0, 1, 2, 4, 5, 6, 8, 9, 10]
+    assert min(c[big]) > 0.5 and c[15] < 0.1 * c[5]
+
+
 def test_near_relation_uses_the_anchor(grounder):
     img = scene((BROWN, (96, 96), 32), (ORANGE, (70, 100), 10), (ORANGE, (8, 8), 10))[None]
     c = maps(img, grounder.query("put the block closest to the tray in the tray"))[2].regions[0]
