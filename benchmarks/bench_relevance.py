@@ -156,7 +156,8 @@ def quality(args) -> None:
                 rows[b]["recall"].append(rec)
                 for cam, key in ((0, "recall_av"), (1, "recall_wr")):
                     seen = np.where(np.arange(len(CAMERAS))[:, None, None] == cam, masks, False)
-                    rows[b][key].append(target_recall(only(r.allocation, cam), seen, grid))                rows[b]["random"].append(target_recall(random_allocation(b, seed=len(rows[b]["random"])), masks, grid))
+                    rows[b][key].append(target_recall(only(r.allocation, cam), seen, grid))
+                rows[b]["random"].append(target_recall(random_allocation(b, seed=len(rows[b]["random"])), masks, grid))
                 rows[b]["uniform"].append(target_recall(uniform_allocation(b), masks, grid))
                 av, wr = pointing_game(r.relevance, masks, grid)
                 rows[b]["point_av"].append(av)
