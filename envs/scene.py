@@ -57,6 +57,7 @@ ZONE_RGBA = (0.12, 0.80, 0.30, 1.0)
 HAND_RGBA = (0.25, 0.25, 0.28, 1.0)
 FINGER_RGBA = (0.15, 0.15, 0.17, 1.0)
 
+PHYSICS_DT = 0.004  # seconds per physics step (25 per 10 Hz control step)
 CAMERAS = ("agentview", "wrist")
 # footprint radius of each kind, used by the layout samplers to keep objects apart
 FOOTPRINT = {"block": 0.045, "tray": (TRAY_INNER_HALF + 2 * TRAY_WALL) * np.sqrt(2), "plate": PLATE_RADIUS, "zone": 0.065}
@@ -176,7 +177,7 @@ def build_mjcf(objects: tuple[ObjectSpec, ...], image_size: int = 128) -> str:
     return f"""
 <mujoco model="arrcoc_tabletop">
   <compiler angle="radian" autolimits="true"/>
-  <option timestep="0.002" integrator="implicitfast" cone="elliptic" impratio="5"/>
+  <option timestep="{PHYSICS_DT}" integrator="implicitfast" cone="elliptic" impratio="5"/>
   <visual>
     <quality shadowsize="0" offsamples="0"/>
     <global offwidth="{side}" offheight="{side}"/>
@@ -191,11 +192,10 @@ def build_mjcf(objects: tuple[ObjectSpec, ...], image_size: int = 128) -> str:
   <worldbody>
     <light name="top" pos="0 -0.2 1.5" dir="0 0.1 -1" directional="true" castshadow="false"
            diffuse="0.55 0.55 0.55" specular="0.1 0.1 0.1"/>
-    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" material="floor" contype="0" conaffinity="0"/>
+    <geom name="floor" type="plane" pos="0 0 -0.75" size="3 3 0.1" material="floor"/>
     <geom name="table" type="box" pos="0 0 -0.02" size="0.45 0.36 0.02" rgba="{_f(*TABLE_RGBA)}"
           friction="0.6 0.01 0.001"/>
-    <geom name="table_leg" type="box" pos="0 0 -0.39" size="0.4 0.3 0.35" rgba="0.35 0.33 0.30 1"
-          contype="0" conaffinity="0"/>
+    <geom name="table_leg" type="box" pos="0 0 -0.39" size="0.4 0.3 0.35" rgba="0.35 0.33 0.30 1"/>
     <camera name="agentview" pos="{_f(*AGENTVIEW_POS)}" xyaxes="{_f(*_look_at(AGENTVIEW_POS, AGENTVIEW_TARGET))}" fovy="{AGENTVIEW_FOVY}"/>
     {_hand_xml()}
     {body}

@@ -17,14 +17,13 @@ from arrcoc_steer.errors import ConfigError
 
 from .modifiers import Modifiers, parse
 from .rendering import CameraRenderer
-from .scene import BLOCK_HALF, CAMERAS, FINGER_MAX, GRIPPER_BODIES, TCP_OFFSET, build_mjcf
+from .scene import BLOCK_HALF, CAMERAS, FINGER_MAX, GRIPPER_BODIES, PHYSICS_DT, TCP_OFFSET, build_mjcf
 from .tasks import TASKS, TaskSpec, WorldState, subgoal_done
 
 MAX_TRANSLATION = 0.03  # metres per step at |action| = 1
 MAX_ROTATION = 0.2  # radians per step at |action| = 1
 CONTROL_HZ = 10
-PHYSICS_DT = 0.002
-SUBSTEPS = int(round(1.0 / (CONTROL_HZ * PHYSICS_DT)))  # 50
+SUBSTEPS = int(round(1.0 / (CONTROL_HZ * PHYSICS_DT)))  # 25
 # bounds of the commanded tool-centre-point position (metres)
 TCP_LOW = np.array([-0.40, -0.36, -0.01])
 TCP_HIGH = np.array([0.40, 0.40, 0.45])
