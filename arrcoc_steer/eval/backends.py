@@ -100,7 +100,7 @@ def _limit_threads(threads: int) -> None:
 class SerialBackend:
     """Run jobs one after another in this process."""
 
-    workers = 1
+    name, workers = "serial", 1
 
     def __init__(self, policy: Any, env_kwargs: dict | None = None):
         self.runner = Runner(policy, env_kwargs)
@@ -149,6 +149,8 @@ class LocalBackend(SerialBackend):
     A worker that dies (segfault, out of memory) breaks the pool: its in-flight jobs come back as
     crashed records and a fresh pool takes the remaining jobs.
     """
+
+    name = "local"
 
     def __init__(self, policy: Any, workers: int | None = None, env_kwargs: dict | None = None, threads: int = 1):
         self.workers = int(workers or os.cpu_count() or 1)
@@ -234,6 +236,8 @@ class RayBackend:
     File paths in conditions must be readable on every node. An actor that dies (node lost) is
     replaced and its job comes back as a crashed record.
     """
+
+    name = "ray"
 
     def __init__(self, policy: Any, workers: int | None = None, address: str | None = None,
                  env_kwargs: dict | None = None, threads: int = 1):

@@ -171,6 +171,9 @@ class Condition:
             if path and not Path(path).is_file():
                 raise ConfigError(f"condition {self.name!r}: {name}={path!r} is not a file")
 
+    def check_policy(self, policy: Policy) -> None:
+        """Raise when ``policy`` cannot run this condition (called before a sweep starts)."""
+
     def with_absolute_paths(self) -> Condition:
         """A copy whose file fields are absolute (workers may run elsewhere in the tree)."""
         changes = {k: str(Path(v).resolve()) for k, v in self.files().items() if v}
@@ -305,6 +308,9 @@ class Concept(Condition):
         for name in self.concept:
             _concept_set(library, name, self.concepts)
 
+    def check_policy(self, policy: Policy) -> None:
+        steerable_model(policy)
+
     def interventions(self, policy: Policy, resources: Resources, alpha: float | None = None) -> list:
         """The :class:`~arrcoc_steer.steering.Intervention` list this condition applies."""
         from ..steering import Intervention
@@ -389,6 +395,9 @@ class Residual(Condition):
 
     def files(self) -> dict[str, str]:
         return {"direction": self.direction}
+
+    def check_policy(self, policy: Policy) -> None:
+        steerable_model(policy)
 
     def interventions(self, policy: Policy, resources: Resources, alpha: float | None = None) -> list:
         direction = resources.direction(self.direction)
@@ -487,15 +496,20 @@ class ClosedLoop(Condition):
     def with_absolute_paths(self) -> Condition:
         return self if self.steer is None else replace(self, steer=self.steer.with_absolute_paths())
 
+    def check_policy(self, policy: Policy) -> None:
+        if self.steer is not None:
+            self.steer.check_policy(policy)
+        elif not callable(getattr(policy, "set_strength", None)):
+            raise ConfigError(f"condition {self.name!r} names no steer, so the policy must have "
+                              f"set_strength(alpha); {type(policy).__name__} has none")
+
     def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
         reference = self.reference if self.reference is not None else reference
         if reference is None:
             raise ConfigError(f"condition {self.name!r} needs a reference {self.behaviour}: give reference= "
                               f"or run it in a sweep with a baseline condition")
+        self.check_policy(policy)
         if self.steer is None:
-            if not callable(getattr(policy, "set_strength", None)):
-                raise ConfigError(f"condition {self.name!r} names no steer, so the policy must have "
-                                  f"set_strength(alpha); {type(policy).__name__} has none")
             return _ClosedLoopRuntime(self, reference, policy.set_strength, None)
         steer = self.steer
         calibration = resources.calibration(steer.calibration) if getattr(steer, "calibration", None) else None
@@ -566,10 +580,13 @@ class Budget(Condition):
     def default_name(self) -> str:
         return f"budget_{self.allocator}_{self.budget}"
 
-    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+    def check_policy(self, policy: Policy) -> None:
         if not accepts(policy, "allocation"):
             raise ConfigError(f"condition {self.name!r} passes allocation= to predict_action, which "
                               f"{type(policy).__name__}.predict_action does not accept")
+
+    def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
+        self.check_policy(policy)
         grid = getattr(policy, "region_grid", None) or RegionGrid()
         allocator = resources.allocator(grid) if self.allocator == "relevance" else None
         return _BudgetRuntime(self, grid, allocator, np.random.default_rng([seed, 0xB06E7]))

@@ -139,9 +139,10 @@ def describe_policy(source: Any) -> str:
 
 
 def accepts(policy: Policy, keyword: str) -> bool:
-    """Whether ``policy.predict_action`` takes the keyword argument ``keyword``."""
+    """Whether ``policy.predict_action`` (a wrapped function's own signature) takes ``keyword``."""
+    fn = policy.fn if isinstance(policy, FunctionPolicy) else policy.predict_action
     try:
-        params = inspect.signature(policy.predict_action).parameters.values()
+        params = inspect.signature(fn).parameters.values()
     except (TypeError, ValueError):
         return True  # builtins and C extensions: assume yes, the call will tell
     return any(p.kind is p.VAR_KEYWORD or p.name == keyword for p in params)

@@ -43,7 +43,7 @@ from ..errors import ConfigError, UnknownNameError
 from .backends import Job, check_backend, make_backend
 from .conditions import Condition, Resources, as_condition
 from .metrics import EPISODE_METRICS, METRICS, WINDOWED_METRICS, episode_metrics, matched_windows, windowed_metrics
-from .policies import check_policy_source, describe_policy
+from .policies import as_policy, check_policy_source, describe_policy
 from .rollout import ARRAY_FIELDS, EpisodeRecord, episode_key
 from .stats import compare_to_fixed, control_summary, summarize
 
@@ -364,6 +364,9 @@ def evaluate(
     check_policy_source(policy)
     check_backend(backend, workers, address)
     plan = _plan(tasks, conditions, seeds, baseline)
+    if not isinstance(policy, (str, Path)):  # a path is loaded in the workers; they check it there
+        for c in plan.conditions:
+            c.check_policy(as_policy(policy))
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an int >= 0, got {retries!r}")
     matched_windows([], window)  # validate before running anything
@@ -391,12 +394,12 @@ def evaluate(
             if later:
                 refs = _references(folder, plan.tasks, plan.seeds, baseline)
                 ran += _run(runner, [replace(j, reference=refs.get(j.task)) for j in later], folder, history, retries, bar)
-            workers_used = runner.workers
+            used = {"backend": runner.name, "workers": runner.workers}
         bar.close()
     else:
-        workers_used = 0
+        used = {"backend": None, "workers": 0}
     wall = time.perf_counter() - started
-    timing = {"episodes_run": ran, "wall_s": round(wall, 2), "backend": backend, "workers": workers_used,
+    timing = {"episodes_run": ran, "wall_s": round(wall, 2), **used,
               "episodes_per_minute": round(60 * ran / wall, 2) if ran and wall > 0 else None}  # fmt: skip
     return aggregate(out_dir, window=window, timing=timing)
 
@@ -448,8 +451,8 @@ def _run(runner, jobs: list[Job], folder: RunFolder, history: dict, retries: int
             history[rec.key] = {"errors": errors, "attempts": rec.attempts, "status": rec.status}
             if rec.status != "crashed" or round_ == retries:
                 counts[rec.status] += 1
-                bar.update()
                 bar.set_postfix(counts, refresh=False)
+                bar.update()
         if not crashed:
             break
         jobs = crashed

@@ -148,3 +148,15 @@ def test_suites_expand_to_their_tasks():
 
     assert resolve_tasks("goal") == envs.list_tasks("goal")
     assert resolve_tasks(["LiftRedBlock", "goal"])[0] == "LiftRedBlock" and len(resolve_tasks("all")) == 15
+
+
+def test_videos_for_the_first_seeds(tmp_path):
+    import imageio.v2 as imageio
+
+    evaluate(ExpertPolicy(), ["LiftRedBlock"], ["unsteered"], seeds=2, out_dir=tmp_path, backend="serial",
+             frames="agentview", video_seeds=1, max_steps=5, env_kwargs={"image_size": 64}, progress=False)
+    videos = sorted((tmp_path / "episodes").glob("*.mp4"))
+    assert [v.name for v in videos] == ["LiftRedBlock__unsteered__1000000.mp4"]
+    assert RunFolder(tmp_path).read("LiftRedBlock__unsteered__1000000")["video"] == videos[0].name
+    frames = imageio.mimread(videos[0], memtest=False)
+    assert len(frames) == 6 and frames[0].shape == (64, 64, 3)
