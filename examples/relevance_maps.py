@@ -3,8 +3,8 @@
     MUJOCO_GL=egl python examples/relevance_maps.py --out relevance_out --budget 100 --steps 80
 
 Writes ``relevance.png`` (every way of knowing, the relevance, the budget, the dominant way and the
-tensions for the env's own instruction), ``compare.png`` (the same scene under "put the red block in
-the tray" and "put the blue block in the tray", with the IoU of their detailed regions) and
+tensions for the env's own instruction), ``compare.png`` (the same scene under two instructions,
+``--compare``, by default the red and the blue block, with the IoU of their detailed regions) and
 ``episode.mp4`` (the scripted expert doing the task while the budget follows the instruction and,
 through a gripper steering bias, the hand).
 """
@@ -31,6 +31,9 @@ parser.add_argument("--seed", type=int, default=0)
 parser.add_argument("--budget", type=int, default=100, help="visual tokens, 64..400")
 parser.add_argument("--steps", type=int, default=80, help="episode steps in the video (0: no video)")
 parser.add_argument("--out", default="relevance_out")
+parser.add_argument("--compare", nargs=2, metavar=("A", "B"),
+                    default=("put the red block in the tray", "put the blue block in the tray"),
+                    help='two instructions for compare.png, e.g. "pick the left block" "pick the right block"')
 args = parser.parse_args()
 
 out = Path(args.out)
@@ -45,9 +48,10 @@ plot_relevance(result, images, out / "relevance.png")
 print(result.query.describe())
 print(result.explain("agentview", int(result.relevance[0].argmax())))
 
-red, blue = (allocator(obs, f"put the {c} block in the tray", budget=args.budget) for c in ("red", "blue"))
-plot_instructions([red, blue], images, out / "compare.png")
-print(f"query sensitivity (IoU of detailed regions, red vs blue): {query_sensitivity_iou(red.allocation, blue.allocation):.2f}")
+a, b = (allocator(obs, text, budget=args.budget) for text in args.compare)
+plot_instructions([a, b], images, out / "compare.png")
+print(f"query sensitivity (IoU of detailed regions, {args.compare[0]!r} vs {args.compare[1]!r}): "
+      f"{query_sensitivity_iou(a.allocation, b.allocation):.2f}")
 
 if args.steps:
     expert, steps, times = ScriptedExpert(env), [], []
