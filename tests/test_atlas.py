@@ -163,3 +163,13 @@ def test_reading_validates_indices():
         atlas.tokens(0, 3)
     with pytest.raises(ConfigError, match="both_signs"):
         atlas.top(0, 0, sign=-1)
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+def test_cuda_atlas_matches_cpu():
+    model = tiny_model("openvla")
+    cpu = NeuronAtlas.build(model, top_k=5, progress=False)
+    gpu = NeuronAtlas.build(model.cuda(), top_k=5, dtype=torch.float32, progress=False)
+    assert gpu.weights_hash == cpu.weights_hash
+    torch.testing.assert_close(gpu.scores, cpu.scores, rtol=1e-4, atol=1e-5)
+    assert (gpu.token_ids == cpu.token_ids).float().mean() > 0.99

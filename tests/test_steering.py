@@ -303,3 +303,21 @@ def test_long_control_loops_do_not_accumulate_objects(backend):
         growth = len(gc.get_objects()) - before
     assert growth < 50, f"{growth} objects retained over 150 steered calls"
     assert s.counts == {"intervention 0": 170 * 2 * 4, "intervention 1": 170 * 4}
+
+
+@pytest.mark.skipif(not torch.cuda.is_available(), reason="needs a GPU")
+@pytest.mark.parametrize("arch", ["llama", "openvla", "bert_policy"])
+def test_cuda_backends_agree_and_count_without_syncing_per_call(arch):
+    model = tiny_model(arch).cuda()
+    x = {k: v.cuda() for k, v in example_inputs(model, batch=2).items()}
+    positions = "text" if arch == "llama" else "image"
+    interventions = [Intervention(((0, 3), (1, 5)), alpha=4.0, name="clamp"),
+                     Intervention(((1, 7),), mode="add", alpha=1.0, positions=positions, name="masked")]
+    outs, counts = {}, {}
+    with torch.no_grad():
+        for backend in BACKENDS:
+            with Steerer(model, interventions, backend=backend) as s:
+                outs[backend] = output(model(**x))
+            counts[backend] = s.counts
+    assert torch.equal(outs["hooks"], outs["nnsight"]) and counts["hooks"] == counts["nnsight"]
+    assert clean(model)

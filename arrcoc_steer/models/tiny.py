@@ -217,7 +217,8 @@ class OpenVLAStandIn(nn.Module):
             input_ids < self.vocab_size)
         self._roles = {"image": image, "action": action, "text": ~image & ~action}
         try:
-            return self.language_model(inputs_embeds=embeds, cache=cache, use_cache=use_cache)
+            past = {"cache": cache} if cache is not None else {}  # transformers >= 5.20 naming
+            return self.language_model(inputs_embeds=embeds, use_cache=use_cache, **past)
         finally:
             self._roles = None
 
