@@ -361,46 +361,34 @@ def evaluate(
         env_kwargs: extra arguments of :func:`envs.make` (e.g. ``image_size``).
         progress: show a tqdm bar.
     """
-    check_policy_source(policy)
+    plan = _plan(policy, tasks, conditions, seeds, baseline)
     check_backend(backend, workers, address)
-    plan = _plan(tasks, conditions, seeds, baseline)
-    if not isinstance(policy, (str, Path)):  # a path is loaded in the workers; they check it there
-        for c in plan.conditions:
-            c.check_policy(as_policy(policy))
     if isinstance(retries, bool) or not isinstance(retries, int) or retries < 0:
         raise ConfigError(f"retries must be an int >= 0, got {retries!r}")
-    matched_windows([], window)  # validate before running anything
+    matched_windows([], window)  # validate before anything is written
     folder = RunFolder(out_dir)
     folder.merge_manifest({
         "format": SWEEP_FORMAT, "policy": describe_policy(policy), "baseline": baseline,
         "tasks": plan.tasks, "seeds": plan.seeds, "conditions": [c.to_dict() for c in plan.conditions],
         "window": window, "max_steps": max_steps, "created": time.strftime("%Y-%m-%dT%H:%M:%S"),
     })  # fmt: skip
-    frames_for = set(plan.seeds[:video_seeds]) if frames else set()
-    jobs = [Job(t, s, c, frames=frames if s in frames_for else None, max_steps=max_steps)
+    filmed = set(plan.seeds[:video_seeds]) if frames else set()
+    jobs = [Job(t, s, c, frames=frames if s in filmed else None, max_steps=max_steps)
             for c in plan.conditions for t in plan.tasks for s in plan.seeds]  # fmt: skip
     history = {j.key: folder.read(j.key) for j in jobs}
     todo = [replace(j, attempt=(history[j.key] or {}).get("attempts", 0) + 1) for j in jobs
             if (history[j.key] or {}).get("status") not in DONE]  # fmt: skip
-    started, ran = time.perf_counter(), 0
+    timing = {"episodes_run": 0, "backend": None, "workers": 0, "wall_s": 0.0, "episodes_per_minute": None}
     if todo:
         from tqdm.auto import tqdm
 
-        bar = tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", disable=not progress)
-        with make_backend(backend, policy, workers=workers, address=address, env_kwargs=env_kwargs) as runner:
-            first = [j for j in todo if not j.condition.needs_reference]
-            ran += _run(runner, first, folder, history, retries, bar)
-            later = [j for j in todo if j.condition.needs_reference]
-            if later:
-                refs = _references(folder, plan.tasks, plan.seeds, baseline)
-                ran += _run(runner, [replace(j, reference=refs.get(j.task)) for j in later], folder, history, retries, bar)
-            used = {"backend": runner.name, "workers": runner.workers}
-        bar.close()
-    else:
-        used = {"backend": None, "workers": 0}
-    wall = time.perf_counter() - started
-    timing = {"episodes_run": ran, "wall_s": round(wall, 2), **used,
-              "episodes_per_minute": round(60 * ran / wall, 2) if ran and wall > 0 else None}  # fmt: skip
+        started = time.perf_counter()
+        with tqdm(total=len(jobs), initial=len(jobs) - len(todo), desc="episodes", disable=not progress) as bar, \
+                make_backend(backend, policy, workers=workers, address=address, env_kwargs=env_kwargs) as runner:
+            ran = _run_phases(runner, todo, folder, history, retries, bar, baseline, plan)
+        wall = time.perf_counter() - started
+        timing.update(episodes_run=ran, backend=runner.name, workers=runner.workers, wall_s=round(wall, 2),
+                      episodes_per_minute=round(60 * ran / wall, 2))  # fmt: skip
     return aggregate(out_dir, window=window, timing=timing)
 
 
@@ -411,7 +399,9 @@ class _Plan:
     conditions: list[Condition]
 
 
-def _plan(tasks, conditions, seeds, baseline) -> _Plan:
+def _plan(policy, tasks, conditions, seeds, baseline) -> _Plan:
+    """Validate what a sweep is asked to do (names, seeds, files, policy) before anything runs."""
+    check_policy_source(policy)
     task_names = resolve_tasks(tasks)
     seed_list = fresh_seeds(seeds) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
@@ -430,7 +420,19 @@ def _plan(tasks, conditions, seeds, baseline) -> _Plan:
     resources = Resources()
     for c in conds:
         c.check_files(resources)
+        if not isinstance(policy, (str, Path)):  # a path is loaded in the workers; they check it there
+            c.check_policy(as_policy(policy))
     return _Plan(task_names, seed_list, conds)
+
+
+def _run_phases(runner, todo: list[Job], folder: RunFolder, history: dict, retries: int, bar, baseline, plan) -> int:
+    """Everything that needs no reference first; then closed-loop jobs with the baseline's reference."""
+    ran = _run(runner, [j for j in todo if not j.condition.needs_reference], folder, history, retries, bar)
+    later = [j for j in todo if j.condition.needs_reference]
+    if later:
+        refs = _references(folder, plan.tasks, plan.seeds, baseline)
+        ran += _run(runner, [replace(j, reference=refs.get(j.task)) for j in later], folder, history, retries, bar)
+    return ran
 
 
 def _run(runner, jobs: list[Job], folder: RunFolder, history: dict, retries: int, bar) -> int:
