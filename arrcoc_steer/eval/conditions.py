@@ -620,7 +620,8 @@ class _BudgetRuntime(Runtime):
 
     def traces(self) -> dict[str, np.ndarray]:
         shape = (0, self.grid.n_cameras, self.grid.regions_per_camera)
-        return {"allocation": np.stack(self.allocations).astype(np.int16) if self.allocations else np.zeros(shape, np.int16)}
+        alloc = np.stack(self.allocations) if self.allocations else np.zeros(shape)
+        return {"allocation": alloc.astype(np.int16)}
 
 
 # ---------------------------------------------------------------------------- construction

@@ -47,7 +47,8 @@ def _finite(x) -> np.ndarray:
     return x[np.isfinite(x)]
 
 
-def bootstrap_ci(values: Sequence[float], *, level: float = LEVEL, n_boot: int = N_BOOT, seed: int = 0) -> tuple[float, float]:
+def bootstrap_ci(values: Sequence[float], *, level: float = LEVEL, n_boot: int = N_BOOT,
+                 seed: int = 0) -> tuple[float, float]:
     """Percentile-bootstrap interval of the mean of ``values`` (non-finite values dropped).
 
     The resamples depend only on ``(len(values), n_boot, seed)`` and are shared by every call with
@@ -271,8 +272,9 @@ def compare_to_fixed(rows: Iterable[Mapping], closed_loop: str, fixed: Sequence[
     if not candidates:
         raise ConfigError(f"none of the fixed conditions {list(fixed)} has paired {metric} values")
     best = min(candidates, key=lambda k: abs(candidates[k].mean() - closed.mean()))
-    target = next((r.get("target_ratio") for r in rows if r["condition"] == closed_loop and r.get("target_ratio")), None)
-    tol = next((r.get("tolerance") for r in rows if r["condition"] == closed_loop and r.get("tolerance")), None)
+    loop_rows = [r for r in rows if r["condition"] == closed_loop]
+    target = next((r["target_ratio"] for r in loop_rows if r.get("target_ratio")), None)
+    tol = next((r["tolerance"] for r in loop_rows if r.get("tolerance")), None)
 
     def entry(name: str, x: np.ndarray) -> dict:
         e = {"condition": name, "mean_effect": float(x.mean()), "effect_ci": list(bootstrap_ci(x, seed=seed)),

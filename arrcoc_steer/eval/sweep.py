@@ -144,7 +144,8 @@ class RunFolder:
                         f"{self.root} already holds condition {c['name']!r} with another spec "
                         f"({specs[c['name']]} vs {c}); rename the condition or use a new out_dir")
             if old.get("baseline") != manifest["baseline"] and old.get("baseline") in specs:
-                raise ConfigError(f"{self.root} was run with baseline {old['baseline']!r}, not {manifest['baseline']!r}")
+                raise ConfigError(f"{self.root} was run with baseline {old['baseline']!r}, "
+                                  f"not {manifest['baseline']!r}")
             manifest = {**manifest,
                         "tasks": list(dict.fromkeys(old["tasks"] + manifest["tasks"])),
                         "seeds": list(dict.fromkeys(old["seeds"] + manifest["seeds"])),
@@ -288,9 +289,9 @@ def aggregate(out_dir: str | Path, *, window: int | str = "min", metrics: Sequen
     if baseline is not None and baseline not in {r["condition"] for r in rows}:
         baseline = None  # nothing of it ran yet
     summary = summarize(rows, metrics, baseline=baseline, seed=seed) if rows else {}
-    results = SweepResults(Path(out_dir), rows, summary, windows,
-                           controls=control_summary(summary, conditions, metrics),
-                           crashed=[_key(r) for r in rows if r["status"] == "crashed"], timing=timing or {})  # fmt: skip
+    crashed = [_key(r) for r in rows if r["status"] == "crashed"]
+    results = SweepResults(Path(out_dir), rows, summary, windows, crashed=crashed, timing=timing or {},
+                           controls=control_summary(summary, conditions, metrics))
     fixed = [c.name for c in conditions if type(c) is Concept]
     for c in conditions:
         if isinstance(c, ClosedLoop) and baseline and fixed and c.name in summary:
@@ -406,7 +407,8 @@ def _plan(policy, tasks, conditions, seeds, baseline) -> _Plan:
     seed_list = fresh_seeds(seeds) if isinstance(seeds, int) else [int(s) for s in seeds]
     if not seed_list or len(set(seed_list)) != len(seed_list) or min(seed_list) < 0:
         raise ConfigError(f"seeds must be distinct non-negative ints, got {seed_list}")
-    conds = [as_condition(c).with_absolute_paths() for c in ([conditions] if isinstance(conditions, str) else conditions)]
+    conditions = [conditions] if isinstance(conditions, str) else conditions
+    conds = [as_condition(c).with_absolute_paths() for c in conditions]
     names = [c.name for c in conds]
     dupes = sorted({n for n in names if names.count(n) > 1})
     if dupes:

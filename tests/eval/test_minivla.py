@@ -25,9 +25,11 @@ def files(tmp_path_factory, concepts_file):
     from arrcoc_steer.steering import Calibration, ResidualDirection
 
     root = tmp_path_factory.mktemp("steer")
-    ResidualDirection({3: torch.randn(384, generator=torch.Generator().manual_seed(0))}, name="quick").save(root / "quick.safetensors")
+    direction = torch.randn(384, generator=torch.Generator().manual_seed(0))
+    ResidualDirection({3: direction}, name="quick").save(root / "quick.safetensors")
     Calibration(torch.full((6, 1536), 0.4), 0.99, "all", 100, ModelRef("bert", 6, 1536)).save(root / "cal.safetensors")
-    return {"concepts": concepts_file, "direction": str(root / "quick.safetensors"), "calibration": str(root / "cal.safetensors")}
+    return {"concepts": concepts_file, "direction": str(root / "quick.safetensors"),
+            "calibration": str(root / "cal.safetensors")}
 
 
 def test_every_condition_runs_on_minivla(policy, files, tmp_path):
@@ -53,6 +55,9 @@ def test_every_condition_runs_on_minivla(policy, files, tmp_path):
     for c in conditions[6:]:
         alloc = folder.load_record(key(c.name)).traces["allocation"]
         assert alloc.shape == (1, 2, 16) and (alloc.sum(axis=(1, 2)) == 64).all()
+    assert r.controls[fast.name]["speed_w"]["n_controls"] == 1  # a percentile needs >= 20 of them:
+    assert not r.controls[fast.name]["speed_w"]["sufficient"]
+    assert conditions[5].name in r.closed_loop  # compared with the fixed steers of the sweep
     plain, steered = folder.load_record(key("unsteered")), folder.load_record(key(residual.name))
     assert not np.array_equal(plain.actions, steered.actions)  # a strong direction changes the actions
     # the model is left unsteered after the sweep

@@ -37,7 +37,8 @@ def test_a_prompt_condition_starts_from_the_same_state(env, expert):
     plain = run_episode(expert, env, seed=11)
     quick = run_episode(expert, env, seed=11, condition=Prompt(modifier="quickly"))
     assert quick.instruction == plain.instruction + " quickly"
-    assert np.array_equal(plain.ee_pos[0], quick.ee_pos[0]) and np.array_equal(plain.target_pose[0], quick.target_pose[0])
+    assert np.array_equal(plain.ee_pos[0], quick.ee_pos[0])
+    assert np.array_equal(plain.target_pose[0], quick.target_pose[0])
     assert quick.success and quick.length < plain.length  # the expert obeys "quickly"
 
 

@@ -114,7 +114,8 @@ def test_a_policy_with_wrong_actions_fails_its_episodes_and_the_sweep_goes_on(tm
 
 
 def test_a_folder_grows_but_refuses_a_changed_condition(tmp_path):
-    evaluate(ExpertPolicy(), ["LiftRedBlock"], ["unsteered"], seeds=2, out_dir=tmp_path, backend="serial", progress=False)
+    evaluate(ExpertPolicy(), ["LiftRedBlock"], ["unsteered"], seeds=2, out_dir=tmp_path, backend="serial",
+             progress=False)
     r = evaluate(ExpertPolicy(), ["LiftRedBlock"], ["unsteered", Prompt(modifier="quickly")], seeds=2,
                  out_dir=tmp_path, backend="serial", progress=False)
     assert r.timing["episodes_run"] == 2 and len(r.rows) == 4
