@@ -346,7 +346,7 @@ class _Projector:
         if self.settings.score == "cosine":
             values = values / values.norm(dim=1, keepdim=True).clamp_min(1e-12)
         n = values.shape[0]
-        rows = min(self.chunk, n)
+        rows = -(-n // -(-n // self.chunk))  # equal chunks: 11008 -> 2 x 5504, not 8371 + 2637
         if self.buffer is None or self.buffer.shape[0] < rows:
             self.buffer = torch.empty(rows, self.basis.shape[0], device=self.basis.device, dtype=self.basis.dtype)
         parts = []
@@ -359,13 +359,16 @@ class _Projector:
         return tuple(torch.cat(p).cpu() if p[0] is not None else None for p in zip(*parts))
 
     def _select(self, scores: torch.Tensor):
-        scores[:, self.vocab:] = float("-inf")
+        padded = scores.shape[1] > self.vocab
+        if padded:
+            scores[:, self.vocab:] = float("-inf")  # the zero rows that pad the last group
         vals, ids = grouped_topk(scores, self.k)
         top = (ids.int(), vals.float())
         if not self.settings.both_signs:
             return (*top, None, None)
         scores.neg_()
-        scores[:, self.vocab:] = float("-inf")
+        if padded:
+            scores[:, self.vocab:] = float("-inf")
         vals, ids = grouped_topk(scores, self.k)
         return (*top, ids.int(), (-vals).float())
 
@@ -393,10 +396,10 @@ def _weighted(values: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
 
 
 def weights_hash(adapter: Adapter, basis: torch.Tensor | None = None) -> str:
-    """blake2b of every value-vector weight and of the token basis, as stored (hex, 32 chars).
+    """SHA-256 of every value-vector weight and of the token basis, as stored (hex, 32 chars).
 
-    Each tensor is hashed in its own thread (hashlib releases the GIL), then the digests are
-    hashed together: ~3 GB of OpenVLA value vectors take about a second on a many-core host.
+    Each tensor is hashed in its own thread (hashlib releases the GIL; SHA-256 runs on the CPU's
+    SHA extensions), then the digests are hashed together.
     """
     from concurrent.futures import ThreadPoolExecutor
 
@@ -405,12 +408,12 @@ def weights_hash(adapter: Adapter, basis: torch.Tensor | None = None) -> str:
     tensors = [adapter.module(f"layers.{i}.mlp.post").weight for i in range(adapter.spec.n_layers)]
     with ThreadPoolExecutor(max_workers=8) as pool:
         digests = list(pool.map(_digest, tensors + [basis]))
-    return hashlib.blake2b(b"".join(digests), digest_size=16).hexdigest()
+    return hashlib.sha256(b"".join(digests)).hexdigest()[:32]
 
 
 def _digest(tensor: torch.Tensor) -> bytes:
     t = tensor.detach().contiguous().cpu()
-    h = hashlib.blake2b(f"{tuple(t.shape)}{t.dtype}".encode(), digest_size=16)
+    h = hashlib.sha256(f"{tuple(t.shape)}{t.dtype}".encode())
     if t.numel():
         h.update(t.view(torch.uint8).numpy().data)
     return h.digest()

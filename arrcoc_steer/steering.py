@@ -355,6 +355,7 @@ class Steerer:
         """Remove everything :meth:`attach` installed; safe to call twice."""
         while self._detach:
             self._detach.pop()()
+        self._roles.clear()
 
     @property
     def counts(self) -> dict[str, int]:
@@ -400,6 +401,7 @@ class _Roles:
         self.own = callable(getattr(adapter.model, "token_roles", None))
         self.input_ids: torch.Tensor | None = None
         self._cache: dict[str, torch.Tensor] | None = None
+        self._memo: dict[str, tuple] = {}
 
     def needs_ids(self, edits) -> bool:
         return not self.own and any(op.positions != "all" for e in edits for op in e.ops)
@@ -428,27 +430,44 @@ class _Roles:
 
         def remove():
             handle.remove()
-            self.input_ids = self._cache = None
+            self.clear()
 
         return remove
 
-    def mask(self, positions: str, like: torch.Tensor) -> torch.Tensor:
+    def roles(self) -> dict[str, torch.Tensor]:
         if self.own:
-            roles = self.adapter.token_roles()
-        else:
-            if self._cache is None:
-                if self.input_ids is None:
-                    raise SteeringError(f"positions={positions!r} needs the call's input_ids, but the "
-                                        f"model was called without them (inputs_embeds?)")
-                self._cache = self.adapter.token_roles(self.input_ids)
-            roles = self._cache
+            return self.adapter.token_roles()
+        if self._cache is None:
+            if self.input_ids is None:
+                raise SteeringError("token positions need the call's input_ids, but the model was "
+                                    "called without them (inputs_embeds?)")
+            self._cache = self.adapter.token_roles(self.input_ids)
+        return self._cache
+
+    def mask(self, positions: str, like: torch.Tensor) -> tuple[torch.Tensor, torch.Tensor]:
+        """``(mask (b, t, 1), number of selected positions)`` for this call, made once per call.
+
+        Every layer and intervention of one forward call shares them. The role mask of the call
+        keys the memo (held by it, so no later tensor can take its place unnoticed): a model's
+        ``token_roles()`` must return new masks for each call, as MiniVLA does.
+        """
+        roles = self.roles()
         if positions not in roles:
             raise SteeringError(f"positions={positions!r}: the model reports only {sorted(roles)}")
         mask = roles[positions]
+        memo = self._memo.get(positions)
+        if memo is not None and memo[0] is mask and memo[1].device == like.device:
+            return memo[1], memo[2]
         if mask.shape != like.shape[:-1]:
             raise SteeringError(f"token roles have shape {tuple(mask.shape)} but the activations are "
                                 f"{tuple(like.shape)}: the model's roles do not describe this call")
-        return mask.to(like.device)
+        selected = mask.to(like.device)[..., None]
+        self._memo[positions] = (mask, selected, selected.sum())
+        return self._memo[positions][1:]
+
+    def clear(self) -> None:
+        self.input_ids = self._cache = None
+        self._memo.clear()
 
 
 @dataclass
@@ -488,16 +507,17 @@ class _Edit:
             x = x.clone()  # the residual stream may be kept elsewhere; autograd may have saved x
         for op in self.ops:
             idx = op.idx if op.idx is not None else slice(None)
-            new = op.shift if op.scale is None else x[..., idx] * op.scale + op.shift
             if op.positions == "all":
-                x[..., idx] = new
+                x[..., idx] = op.shift if op.scale is None else x[..., idx] * op.scale + op.shift
                 op.changed += x[..., 0].numel()
-            else:
-                mask = self.roles.mask(op.positions, x)  # (b, t)
-                x[..., idx] = torch.where(mask[..., None], new, x[..., idx])
-                op.masked.append(mask.sum())
-                if len(op.masked) > 64:
-                    op.masked = [torch.stack(op.masked).sum()]
+                continue
+            mask, selected = self.roles.mask(op.positions, x)  # (b, t, 1), shared by the call
+            old = x[..., idx]
+            new = op.shift if op.scale is None else old * op.scale + op.shift
+            x[..., idx] = torch.where(mask, new, old)
+            op.masked.append(selected)  # a device tensor: counting never syncs
+            if len(op.masked) > 64:
+                op.masked = [torch.stack(op.masked).sum()]
         return x
 
 
@@ -679,7 +699,7 @@ class _Capture:
         return self
 
     def _see(self, layer: int, x: torch.Tensor) -> None:
-        mask = None if self.positions == "all" else self.roles.mask(self.positions, x)
+        mask = None if self.positions == "all" else self.roles.mask(self.positions, x)[0][..., 0]
         self.sink(layer, x, mask)
 
     def __exit__(self, *exc):

@@ -10,6 +10,7 @@ basis). The atlas projector (chunked matmul into one reused buffer + exact group
 shape, measured in the same process, alternating, median of ``--repeats``; a naive chunked
 ``torch.topk`` is shown for reference. Issue 4's targets: throughput >= 0.7 of the matmul, peak
 memory beyond the weights <= 2 GB. Also times the weights hash that keys the cache.
+``--profile`` prints where one atlas pass spends its time, kernel by kernel.
 """
 
 from __future__ import annotations
@@ -67,6 +68,7 @@ def main() -> None:
     parser.add_argument("--repeats", type=int, default=3)
     parser.add_argument("--device", default="cuda" if torch.cuda.is_available() else "cpu")
     parser.add_argument("--dtype", default=None, help="float32 / bfloat16 (default: fp32 CPU, bf16 GPU)")
+    parser.add_argument("--profile", action="store_true", help="print the kernels of one atlas pass")
     args = parser.parse_args()
 
     device = torch.device(args.device)
@@ -118,6 +120,15 @@ def main() -> None:
     print(f"throughput ratio naive chunked topk / plain matmul: {med['matmul'] / med['naive topk']:.3f}")
     print(f"peak memory beyond the weights: {extra / 2**30:.3f} GiB  (target <= 2 GB; "
           f"weights {weights / 2**30:.3f} GiB, chunk {chunk} neurons)")
+
+    if args.profile:
+        activity = torch.profiler.ProfilerActivity
+        kinds = [activity.CPU] + ([activity.CUDA] if device.type == "cuda" else [])
+        with torch.profiler.profile(activities=kinds) as prof:
+            atlas()
+            sync(device)
+        key = "cuda_time_total" if device.type == "cuda" else "cpu_time_total"
+        print(prof.key_averages().table(sort_by=key, row_limit=15))
 
     start = time.perf_counter()
     _digest(values)  # one tensor, one thread; NeuronAtlas hashes layers in parallel
