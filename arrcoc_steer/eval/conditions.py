@@ -306,7 +306,10 @@ class Concept(Condition):
         super().check_files()
         library = (resources or Resources()).concepts(self.concepts)
         for name in self.concept:
-            _concept_set(library, name, self.concepts)
+            concept = _concept_set(library, name, self.concepts)
+            if self.layers is not None and not any(l in self.layers for l, _ in concept.neurons):
+                raise ConfigError(f"condition {self.name!r}: concept {name!r} has no neurons in layers "
+                                  f"{list(self.layers)} (it has {list(concept.layers)})")
 
     def check_policy(self, policy: Policy) -> None:
         steerable_model(policy)

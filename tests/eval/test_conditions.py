@@ -70,6 +70,8 @@ def test_unknown_concept_lists_the_file_s_concepts(concepts_file):
     good.check_files()  # "fast/1" is cluster 1 of "fast"
     with pytest.raises(UnknownNameError, match="Did you mean 'fast'.*Valid concepts: fast, slow"):
         C.Concept(concepts=concepts_file, concept="fats").check_files()
+    with pytest.raises(ConfigError, match=r"no neurons in layers \[5\] \(it has \[2, 3\]\)"):
+        C.Concept(concepts=concepts_file, concept="fast", layers=[5]).check_files()
     with pytest.raises(ConfigError, match="is not a file"):
         C.Concept(concepts="nowhere.yaml", concept="fast").check_files()
 
