@@ -163,7 +163,8 @@ def test_out_of_range_actions_are_clipped(make_env):
     np.testing.assert_array_equal(oa["state"], ob["state"])
 
 
-def test_physics_blowup_truncates_with_last_good_observation(make_env):
+def test_physics_blowup_truncates_with_last_good_observation(make_env, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)  # MuJoCo logs the warning to ./MUJOCO_LOG.TXT
     env = make_env(image_size=32)
     obs, _ = env.reset(seed=0)
     obs, *_ = env.step(ZERO)
@@ -180,7 +181,8 @@ def test_physics_blowup_truncates_with_last_good_observation(make_env):
     assert not info["physics_unstable"]
 
 
-def test_nan_state_counts_as_blowup(make_env):
+def test_nan_state_counts_as_blowup(make_env, monkeypatch, tmp_path):
+    monkeypatch.chdir(tmp_path)
     env = make_env(render_cameras=False)
     env.reset(seed=0)
     env.unwrapped.data.qvel[:] = np.nan
