@@ -329,12 +329,14 @@ class Steerer:
     def __exit__(self, exc_type, exc, tb) -> None:
         self.detach()
         if exc_type is None and self.strict:
-            silent = [name for name, n in self.counts.items() if n == 0]
+            counts = self.counts
+            silent = [f"{name!r} (layers {list(item.layers)}, positions={item.positions!r})"
+                      for name, item in zip(self.names, self.items) if counts[name] == 0]
             if silent:
                 raise SteeringError(
-                    f"intervention(s) {silent} never fired: no forward call reached their layers "
-                    f"with a {'/'.join(sorted({_positions(i) for i in self.items}))} position. Was the "
-                    f"model called inside the with-block, and does its input have those positions?")
+                    f"{', '.join(silent)} never fired: no forward call reached those layers at such "
+                    f"positions. Was the model called inside the with-block, and do its inputs have "
+                    f"those positions? (Steerer(..., strict=False) allows a steer that never fires.)")
 
     def attach(self) -> None:
         """Install the interventions (``with Steerer(...)`` does this for you)."""
@@ -387,10 +389,6 @@ def _unique_names(items) -> list[str]:
             name = f"{base} #{n}"
         names.append(name)
     return names
-
-
-def _positions(item) -> str:
-    return item.positions
 
 
 class _Roles:

@@ -150,7 +150,7 @@ def test_everything_is_removed_after_an_exception(backend):
 
 def test_an_intervention_that_never_fires_is_an_error():
     model = tiny_model("openvla")
-    with pytest.raises(SteeringError, match=r"\['action'\] never fired"):
+    with pytest.raises(SteeringError, match=r"^'action' \(layers \[0\], positions='action'\) never fired"):
         with Steerer(model, [Intervention(((0, 1),), positions="action", name="action"),
                              Intervention(((0, 2),), name="fine")]):
             model(**example_inputs(model))  # prefill only: no action token is an input yet
