@@ -128,15 +128,15 @@ class NeuronAtlas:
             progress: show a tqdm bar over layers.
         """
         adapter = model if isinstance(model, Adapter) else Adapter(model)
-        settings = AtlasSettings(top_k, basis, score, norm_weighting, both_signs)
         spec = adapter.spec
+        AtlasSettings(top_k, basis, score, norm_weighting, both_signs)  # validate before any work
         basis_name, basis_matrix = adapter.basis(basis)
         settings = AtlasSettings(top_k, basis_name, score, norm_weighting, both_signs)
         gain = adapter.final_norm_gain() if norm_weighting else None
         if norm_weighting and gain is None:
             raise ConfigError(f"norm_weighting=True but {spec.arch} has no final norm "
                               f"(post-LN models such as BERT have none); leave it False")
-        digest = weights_hash(adapter, basis_matrix)
+        digest = weights_hash(adapter, basis_matrix, gain)
 
         path = _cache_path(cache, spec, settings) if cache is not None else None
         if path is not None and path.exists():
@@ -395,19 +395,22 @@ def _weighted(values: torch.Tensor, gain: torch.Tensor | None) -> torch.Tensor:
     return values if gain is None else values * gain.to(values.device, values.dtype)
 
 
-def weights_hash(adapter: Adapter, basis: torch.Tensor | None = None) -> str:
+def weights_hash(adapter: Adapter, basis: torch.Tensor | None = None,
+                 gain: torch.Tensor | None = None) -> str:
     """SHA-256 of every value-vector weight and of the token basis, as stored (hex, 32 chars).
 
     Each tensor is hashed in its own thread (hashlib releases the GIL; SHA-256 runs on the CPU's
-    SHA extensions), then the digests are hashed together.
+    SHA extensions), then the digests are hashed together. ``gain`` (the final norm's, when the
+    atlas is norm-weighted) is hashed too.
     """
     from concurrent.futures import ThreadPoolExecutor
 
     if basis is None:
         _, basis = adapter.basis("auto")
     tensors = [adapter.module(f"layers.{i}.mlp.post").weight for i in range(adapter.spec.n_layers)]
+    tensors += [basis] + ([gain] if gain is not None else [])
     with ThreadPoolExecutor(max_workers=8) as pool:
-        digests = list(pool.map(_digest, tensors + [basis]))
+        digests = list(pool.map(_digest, tensors))
     return hashlib.sha256(b"".join(digests)).hexdigest()[:32]
 
 
