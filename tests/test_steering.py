@@ -9,7 +9,7 @@ import torch
 from arrcoc_steer.concepts import ConceptSet, ModelRef
 from arrcoc_steer.errors import ConfigError, SteeringError
 from arrcoc_steer.models import Adapter
-from arrcoc_steer.models.tiny import IMAGE_TOKEN, example_inputs, tiny_model
+from arrcoc_steer.models.tiny import IMAGE_TOKEN, TINY_ARCHS, example_inputs, tiny_model
 from arrcoc_steer.steering import (Calibration, Intervention, ResidualDirection, Steerer, calibrate,
                                    random_control, steer)
 
@@ -85,11 +85,14 @@ def test_modes_act_on_exactly_the_chosen_neurons(backend, mode, expect):
     assert clean(model)
 
 
-@pytest.mark.parametrize("arch", ["llama", "gpt2", "bert", "llava", "qwen2_vl", "openvla", "bert_policy"])
+VISION = ("llava", "paligemma", "idefics3", "qwen2_vl", "openvla", "bert_policy")
+
+
+@pytest.mark.parametrize("arch", TINY_ARCHS)
 def test_nnsight_and_hooks_give_identical_outputs(arch):
     model = tiny_model(arch)
     x = example_inputs(model, batch=2)
-    positions = "image" if arch in ("llava", "qwen2_vl", "openvla", "bert_policy") else "text"
+    positions = "image" if arch in VISION else "text"
     interventions = [Intervention(((0, 3), (1, 5), (1, 9)), alpha=4.0, name="clamp"),
                      Intervention(((0, 7),), mode="add", alpha=-2.0, positions=positions, name="add"),
                      ResidualDirection({1: torch.randn(64)}, strength=0.5, name="dir")]
