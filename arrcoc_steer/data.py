@@ -20,6 +20,7 @@ from .errors import CheckpointError, ConfigError
 
 _DTYPES = {"U8": np.uint8, "F32": np.float32, "F64": np.float64, "I64": np.int64, "I32": np.int32, "BOOL": np.bool_}
 FRAME_KEYS = ("agentview", "wrist", "state", "action")
+GROUNDING_KEY = "grounding"  # optional (T, n_cam * cells, classes) uint8 pixel counts per feature cell
 
 
 def map_safetensors(path: str | Path) -> tuple[dict[str, np.memmap], dict[str, str]]:
@@ -84,6 +85,7 @@ class FrameDataset:
             if "instruction" not in info:
                 raise CheckpointError(f"{p} has no 'instruction' in its metadata")
             self.episodes.append(Episode(p, arrays, info))
+        self.has_grounding = bool(self.episodes) and all(GROUNDING_KEY in e.arrays for e in self.episodes)
         lengths = np.array([len(e) for e in self.episodes])
         self.index = np.stack(
             [np.repeat(np.arange(len(lengths)), lengths), np.concatenate([np.arange(n) for n in lengths])], 1
@@ -94,11 +96,12 @@ class FrameDataset:
 
     def batch(self, rows: np.ndarray) -> dict:
         """Frames at ``rows`` of the index -> stacked numpy arrays + instructions."""
-        out = {k: [] for k in FRAME_KEYS}
+        keys = FRAME_KEYS + ((GROUNDING_KEY,) if self.has_grounding else ())
+        out = {k: [] for k in keys}
         instructions = []
         for e, t in self.index[rows]:
             ep = self.episodes[e]
-            for k in FRAME_KEYS:
+            for k in keys:
                 out[k].append(ep.arrays[k][t])
             instructions.append(ep.meta["instruction"])
         batch = {k: np.stack(v) for k, v in out.items()}

@@ -27,7 +27,7 @@ from .data import FrameDataset
 from .config import option
 from .errors import ConfigError
 from .models.minivla import MiniVLA, MiniVLAConfig
-from .regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
+from .regions import CAMERAS, MAX_BUDGET, MIN_BUDGET, RegionGrid
 
 
 @dataclass
@@ -46,6 +46,7 @@ class TrainConfig:
     shift_px: int = option(6, 'random-shift augmentation')
     low_budget_frac: float = option(0.5, 'fraction of batches with budget in 64..128')
     uniform_frac: float = option(0.5, 'fraction of samples with uniform allocation')
+    grounding_weight: float = option(0.5, 'weight of the per-token grounding loss (needs grounding labels in the data)')
     holdout_frac: float = option(0.05, 'episodes kept out of training for the validation curve')
     seed: int = option(0, 'seed of initialisation, batches, augmentation and the held-out split')
     device: str = option("auto", 'auto | cpu | cuda')
@@ -92,6 +93,18 @@ def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
     padded = np.pad(images, ((0, 0), (pad, pad), (pad, pad), (0, 0)), mode="edge")
     dy, dx = rng.integers(0, 2 * pad + 1, size=(2, b))
     return np.stack([padded[i, dy[i] : dy[i] + h, dx[i] : dx[i] + w] for i in range(b)])
+
+
+def grounding_loss(out, cell_counts: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of each visual token's class against the pixels it pools.
+
+    ``cell_counts`` (B, n_cam * cells, C) counts the pixels of each grounding class in each feature
+    cell; a token's label is the class distribution over the cells it averages.
+    """
+    cells = cell_counts.float()
+    cells = cells / cells.sum(-1, keepdim=True).clamp_min(1)
+    labels = torch.bmm(out.pooling.float(), cells)  # (B, T, C)
+    return -(labels * torch.log_softmax(out.grounding_logits, -1)).sum(-1).mean()
 
 
 def smoothed_targets(bins: torch.Tensor, n_bins: int, sigma: float) -> torch.Tensor:
@@ -144,7 +157,7 @@ class Trainer:
         batch = self.data.batch(rows)
         rng = self.rng
         images = {}
-        for cam in ("agentview", "wrist"):
+        for cam in CAMERAS:
             img = random_shift(batch[cam], self.cfg.shift_px, rng) if augment else batch[cam]
             images[cam] = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
         state = torch.from_numpy(batch["state"]).to(self.device)
@@ -152,13 +165,20 @@ class Trainer:
         allocations = sample_allocations(self.grid, len(rows), rng, self.cfg)
         target_bins = torch.from_numpy(self.model.action_tokenizer.to_bins(batch["action"])).to(self.device)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            logits = self.model(images, state, ids, mask, allocations)
-        logp = torch.log_softmax(logits.float(), -1)
+            out = self.model(images, state, ids, mask, allocations)
+        logp = torch.log_softmax(out.action_logits.float(), -1)
         target = smoothed_targets(target_bins, self.model.config.n_bins, self.cfg.label_sigma)
-        loss = -(target * logp).sum(-1).mean()
-        pred = self.model.action_tokenizer.centers[logits.argmax(-1).cpu().numpy()]
+        action_loss = -(target * logp).sum(-1).mean()
+        stats = {"action_loss": action_loss.item()}
+        loss = action_loss
+        if "grounding" in batch and self.cfg.grounding_weight > 0:
+            g_loss = grounding_loss(out, torch.from_numpy(batch["grounding"]).to(self.device))
+            loss = loss + self.cfg.grounding_weight * g_loss
+            stats["grounding_loss"] = g_loss.item()
+        pred = self.model.action_tokenizer.centers[out.action_logits.argmax(-1).cpu().numpy()]
         err = np.abs(pred - batch["action"]).mean(0)
-        return loss, {"loss": loss.item(), "l1": float(err.mean()), "l1_xyz": float(err[:3].mean()), "l1_grip": float(err[6])}
+        stats.update(loss=loss.item(), l1=float(err.mean()), l1_xyz=float(err[:3].mean()), l1_grip=float(err[6]))
+        return loss, stats
 
     def train_step(self) -> dict:
         rows = self.rng.choice(self.train_rows, self.cfg.batch_size, replace=len(self.train_rows) < self.cfg.batch_size)

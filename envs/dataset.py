@@ -8,6 +8,8 @@ Layout on disk::
 
 Each episode file holds ``agentview`` (T, H, W, 3) uint8, ``wrist`` (T, H, W, 3) uint8, ``state``
 (T, 9) float32 and ``action`` (T, 7) float32 -- the observation before each action and the action --
+plus ``grounding`` (T, 2 * cells, 5) uint8, the task-relative class counts per 8 x 8-pixel cell of
+both cameras (:mod:`envs.grounding`; privileged labels for training and analysis),
 and, in the safetensors header metadata under the key ``"episode"``, a JSON string with ``task``,
 ``suite``, ``instruction``, ``modifiers``, ``seed``, ``attempt``, ``failed_seeds``, ``success``,
 ``length``, ``image_size``, ``format``. No pickle anywhere.
@@ -51,16 +53,18 @@ def episode_seed(seed: int, task: str, index: int, attempt: int = 0) -> int:
 def _record_episode(env, ep_seed: int, modifiers, image_size: int) -> tuple[dict, dict]:
     """Run the expert once; return (arrays, metadata)."""
     from .expert import ScriptedExpert
+    from .grounding import grounding_cells
 
     obs, info = env.reset(seed=ep_seed, options={"modifiers": modifiers})
     expert = ScriptedExpert(env)
-    frames: dict[str, list] = {k: [] for k in ARRAYS}
+    frames: dict[str, list] = {k: [] for k in (*ARRAYS, "grounding")}
     terminated = truncated = False
     while not (terminated or truncated):
         action = expert.act(obs)
         for k in ("agentview", "wrist", "state"):
             frames[k].append(obs[k])
         frames["action"].append(action)
+        frames["grounding"].append(np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")]))
         obs, reward, terminated, truncated, info = env.step(action)
     arrays = {k: np.ascontiguousarray(np.stack(v)) for k, v in frames.items()}
     u = env.unwrapped

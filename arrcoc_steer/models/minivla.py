@@ -36,6 +36,37 @@ from .lora import apply_lora
 from .vision import VisualTokenizer
 
 WEIGHTS_NAME = "model.safetensors"
+# What each visual token shows, relative to the task: trained from the simulator's segmentation, read
+# by the action head as "where are the gripper, the target and the destination" (pointer features).
+GROUNDING_CLASSES = ("other", "gripper", "target", "destination", "distractor")
+POINTED = (1, 2, 3)  # gripper, target, destination
+POINTER_DIM = 3 * len(POINTED)  # per camera and pointed class: expected x, expected y, presence
+
+
+@dataclass
+class PolicyOutput:
+    action_logits: torch.Tensor  # (B, action_dim, n_bins)
+    grounding_logits: torch.Tensor  # (B, T, len(GROUNDING_CLASSES)) per visual token
+    pooling: torch.Tensor  # (B, T, n_cam * cells): how each visual token averages the cells
+
+
+def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int) -> torch.Tensor:
+    """Where the policy believes the gripper, target and destination are, per camera.
+
+    For each pointed class and camera: the token-softmax of that class's logit gives an expected
+    centroid (x, y), and the largest class probability over the camera's tokens says whether it is in
+    view at all. (B, T, C) logits + (B, T, 4) geometry -> (B, n_cameras * POINTER_DIM).
+    """
+    probs = grounding.softmax(-1)  # (B, T, C)
+    feats = []
+    for cam in range(n_cameras):
+        in_cam = geom[..., 0] == cam  # (B, T)
+        logit = grounding[..., POINTED].masked_fill(~in_cam[..., None], float("-inf"))  # (B, T, K)
+        w = logit.softmax(1)  # over tokens
+        xy = torch.einsum("btk,btj->bkj", w, geom[..., 1:3].float())  # (B, K, 2)
+        presence = probs[..., POINTED].masked_fill(~in_cam[..., None], 0).amax(1)  # (B, K)
+        feats.append(torch.cat([xy, presence[..., None]], -1).flatten(1))
+    return torch.cat(feats, 1)
 CONFIG_NAME = "config.json"
 
 
@@ -143,6 +174,9 @@ class MiniVLA(nn.Module):
         self.action_tokenizer = ActionTokenizer(config.action_first_id, config.n_bins)
         self.visual = VisualTokenizer(config.region_grid, d, config.cell_dim, config.cnn_width)
         self.proprio = nn.Sequential(nn.Linear(config.state_dim, d), nn.GELU(), nn.Linear(d, d))
+        self.grounding_head = nn.Linear(d, len(GROUNDING_CLASSES))
+        self.grid_cameras = config.region_grid.n_cameras
+        self.pointer_proj = nn.Sequential(nn.Linear(POINTER_DIM * self.grid_cameras, d), nn.GELU(), nn.Linear(d, d))
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.head_bias = nn.Parameter(torch.zeros(config.n_bins))
         self._roles: dict[str, torch.Tensor] | None = None
@@ -192,14 +226,15 @@ class MiniVLA(nn.Module):
         input_ids: torch.Tensor,  # (B, L)
         text_mask: torch.Tensor,  # (B, L)
         allocations: np.ndarray,  # (B, n_cam, regions) int, equal totals
-    ) -> torch.Tensor:
-        """Logits over the action bins, (B, action_dim, n_bins)."""
+    ) -> PolicyOutput:
+        """Action-bin logits (B, action_dim, n_bins) and per-visual-token grounding logits."""
         cfg = self.config
         b, n_text = input_ids.shape
         word = self.backbone.embeddings.word_embeddings
+        pool, geom = self.visual.plans(allocations, self.device)
         text = word(input_ids)  # (B, L, d)
         proprio = self.proprio(state.float())[:, None]  # (B, 1, d)
-        visual = self.visual(images, allocations)  # (B, T, d)
+        visual = self.visual(images, pool, geom)  # (B, T, d)
         query_ids = torch.arange(cfg.action_dim, device=self.device) + cfg.query_first_id
         queries = word(query_ids)[None].expand(b, -1, -1)  # (B, 7, d)
         embeds = torch.cat([text, proprio.to(text.dtype), visual.to(text.dtype), queries], 1)
@@ -227,9 +262,13 @@ class MiniVLA(nn.Module):
             ).last_hidden_state
         finally:
             self._roles = None
-        h = self.head(hidden[:, -cfg.action_dim :])  # (B, 7, d)
+        visual_out = hidden[:, n_text + 1 : n_text + 1 + n_vis]  # (B, T, d)
+        grounding = self.grounding_head(visual_out).float()  # (B, T, C)
+        pointer = self.pointer_proj(pointer_features(grounding, geom, self.grid_cameras))  # (B, d)
+        h = self.head(hidden[:, -cfg.action_dim :] + pointer[:, None].to(hidden.dtype))  # (B, 7, d)
         bins = word.weight[cfg.action_first_id : cfg.action_first_id + cfg.n_bins]  # tied head
-        return h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)
+        logits = h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)
+        return PolicyOutput(logits, grounding, pool)
 
     def _make_roles(self, text_mask: torch.Tensor, n_vis: int) -> dict[str, torch.Tensor]:
         b, n_text = text_mask.shape
@@ -269,7 +308,7 @@ class MiniVLA(nn.Module):
         was_training = self.training
         self.eval()
         try:
-            logits = self(images, state, ids, mask, allocations)
+            logits = self(images, state, ids, mask, allocations).action_logits
         finally:
             self.train(was_training)
         bins = logits.argmax(-1).cpu().numpy() + self.config.action_first_id

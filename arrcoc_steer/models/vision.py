@@ -10,6 +10,7 @@ plugs in without retraining.
 
 from __future__ import annotations
 
+import functools
 import math
 
 import numpy as np
@@ -108,12 +109,20 @@ class VisualTokenizer(nn.Module):
         cam = nn.functional.one_hot(geom[..., 0].long(), self.grid.n_cameras).float()
         return torch.cat([fourier, size, cam], -1)
 
-    def forward(self, images: dict[str, torch.Tensor], allocations: np.ndarray) -> torch.Tensor:
-        """Images (B, H, W, 3) per camera and allocations (B, n_cam, regions), equal totals -> (B, T, d)."""
+    def plans(self, allocations: np.ndarray, device: torch.device) -> tuple[torch.Tensor, torch.Tensor]:
+        """Allocations (B, n_cam, regions) with equal totals -> pooling (B, T, cells) and geometry (B, T, 4)."""
+        plans = [self._cached_plan(a.tobytes(), a.shape) for a in np.asarray(allocations, np.int64)]
+        pool = torch.from_numpy(np.stack([p for p, _ in plans])).to(device)
+        geom = torch.from_numpy(np.stack([g for _, g in plans])).to(device)
+        return pool, geom
+
+    @functools.lru_cache(maxsize=256)  # noqa: B019 (one tokenizer per policy; plans repeat every step)
+    def _cached_plan(self, key: bytes, shape: tuple[int, ...]) -> tuple[np.ndarray, np.ndarray]:
+        return self.pooling_plan(np.frombuffer(key, np.int64).reshape(shape))
+
+    def forward(self, images: dict[str, torch.Tensor], pool: torch.Tensor, geom: torch.Tensor) -> torch.Tensor:
+        """Images (B, H, W, 3) per camera + a pooling plan (see :meth:`plans`) -> tokens (B, T, d)."""
         cells = self.encode_cells(images)  # (B, n_cam * cells, cell_dim)
-        plans = [self.pooling_plan(a) for a in allocations]
-        pool = torch.from_numpy(np.stack([p for p, _ in plans])).to(cells.device)
-        geom = torch.from_numpy(np.stack([g for _, g in plans])).to(cells.device)
         tokens = torch.bmm(pool.to(cells.dtype), cells)  # (B, T, cell_dim)
         pos = self.position_features(geom).to(tokens.dtype)
         return self.feature_proj(tokens) + self.position_proj(pos)

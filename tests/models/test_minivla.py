@@ -39,8 +39,8 @@ def test_the_allocation_reaches_the_visual_tokens(policy):
     images, state, _ = policy._check_observation(obs)
     ids, mask = policy.tokenize([INSTRUCTION])
     with torch.no_grad():
-        a = policy(images, state, ids, mask, grid.uniform(100)[None])
-        b = policy(images, state, ids, mask, grid.allocate(np.arange(32.0), 100)[None])
+        a = policy(images, state, ids, mask, grid.uniform(100)[None]).action_logits
+        b = policy(images, state, ids, mask, grid.allocate(np.arange(32.0), 100)[None]).action_logits
     assert not torch.allclose(a, b)
 
 

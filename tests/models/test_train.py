@@ -47,6 +47,24 @@ def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
     assert trainer.loss_on(rows, augment=False)[0].item() < before - 0.5
 
 
+def test_grounding_labels_follow_the_pooling_of_each_token():
+    """A token that averages cells of one class gets that class as its label."""
+    from arrcoc_steer.models.minivla import PolicyOutput
+    from arrcoc_steer.train import grounding_loss
+
+    counts = torch.zeros(1, 512, 5)
+    counts[0, :256, 2] = 64  # agentview: all target
+    counts[0, 256:, 0] = 64  # wrist: all other
+    pooling = torch.zeros(1, 2, 512)
+    pooling[0, 0, :16] = 1 / 16  # token 0 pools agentview cells
+    pooling[0, 1, 300:304] = 1 / 4  # token 1 pools wrist cells
+    right = torch.full((1, 2, 5), -20.0)
+    right[0, 0, 2] = right[0, 1, 0] = 20.0
+    wrong = right.flip(1)
+    assert grounding_loss(PolicyOutput(None, right, pooling), counts) < 1e-6
+    assert grounding_loss(PolicyOutput(None, wrong, pooling), counts) > 10
+
+
 def test_allocations_spend_one_exact_budget_per_batch():
     grid, rng = RegionGrid(), np.random.default_rng(0)
     cfg = TrainConfig(low_budget_frac=0.5, uniform_frac=0.5)
