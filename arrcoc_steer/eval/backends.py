@@ -124,9 +124,12 @@ _RUNNER: Runner | None = None
 
 
 def _init_worker(policy: Any, env_kwargs: dict | None, threads: int) -> None:
+    from multiprocessing.util import Finalize
+
     global _RUNNER
     _limit_threads(threads)
     _RUNNER = Runner(policy, env_kwargs)
+    Finalize(_RUNNER, _RUNNER.close, exitpriority=10)  # close the renderers before the process ends
 
 
 def _run_job(job: Job) -> EpisodeRecord:
