@@ -3,6 +3,8 @@
     arrcoc-steer envs                      list suites and tasks
     arrcoc-steer collect --episodes 40     scripted-expert demos -> data/demos
     arrcoc-steer train --data data/demos   behaviour-clone MiniVLA
+    arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
+    arrcoc-steer sweep sweep.yaml          the same, from a YAML file
     arrcoc-steer demo                      the whole loop on the shipped policy
 
 Run ``arrcoc-steer <verb> --help`` for every flag.
@@ -92,6 +94,90 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = train(from_args(TrainConfig, args))
     print(f"model saved to {out} after {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+# -- eval / sweep ----------------------------------------------------------------------------
+DEFAULT_POLICY = "checkpoints/minivla"
+
+
+def _parse_condition(words: list[str]) -> dict:
+    """``["budget", "budget=64", "allocator=relevance"]`` -> ``{"kind": "budget", "budget": 64, ...}``."""
+    import yaml
+
+    from .errors import ConfigError
+
+    kind, *pairs = words
+    spec = {"kind": kind}
+    for pair in pairs:
+        key, sep, value = pair.partition("=")
+        if not sep:
+            raise ConfigError(f"condition field {pair!r} must look like key=value (condition {kind!r})")
+        spec[key.replace("-", "_")] = yaml.safe_load(value)
+    return spec
+
+
+def _setup_eval(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", default=DEFAULT_POLICY, help="MiniVLA checkpoint folder, or 'expert' (default: %(default)s)")
+    p.add_argument("--tasks", nargs="+", default=["all"], help="task names, suite names or 'all' (default: all)")
+    p.add_argument("--seeds", type=int, default=10, help="fresh seeds per task and condition (default: %(default)s)")
+    p.add_argument(
+        "--condition", dest="conditions", action="append", nargs="+", metavar="KIND [KEY=VALUE]",
+        help="a condition, repeatable: e.g. 'unsteered', 'prompt modifier=quickly', "
+        "'budget budget=64 allocator=relevance', 'concept concepts=c.yaml concept=fast alpha=4' (default: unsteered)",
+    )
+    p.add_argument("--conditions-file", help="YAML list of conditions (see arrcoc_steer.eval.load_conditions)")
+    p.add_argument("--out", default="runs/eval", help="run folder; rerunning resumes it (default: %(default)s)")
+    p.add_argument("--backend", choices=("local", "serial", "ray"), default="local", help="where episodes run")
+    p.add_argument("--workers", type=int, help="processes or Ray actors (default: all cores)")
+    p.add_argument("--address", help="Ray cluster address (backend ray)")
+    p.add_argument("--video", choices=("agentview", "wrist"), help="write an mp4 of the first seed of every task and condition")
+    p.add_argument("--max-steps", type=int, help="cap on episode length (default: each task's limit)")
+
+
+@command("eval", "evaluate a policy under conditions in closed loop (resumable run folder)", _setup_eval)
+def cmd_eval(args: argparse.Namespace) -> int:
+    from .eval import evaluate, load_conditions
+
+    conditions = [_parse_condition(c) for c in args.conditions or [["unsteered"]]]
+    if args.conditions_file:
+        conditions += load_conditions(args.conditions_file)
+    results = evaluate(
+        args.policy, args.tasks, conditions, args.seeds, args.out, backend=args.backend, workers=args.workers,
+        address=args.address, frames=args.video, max_steps=args.max_steps,
+    )  # fmt: skip
+    print(results.format())
+    print(f"results: {args.out}/results.json, {args.out}/results.csv")
+    return 0
+
+
+def _setup_sweep(p: argparse.ArgumentParser) -> None:
+    p.add_argument("config", help="YAML: policy, tasks, seeds, conditions, out_dir and any evaluate() argument")
+    p.add_argument("--backend", choices=("local", "serial", "ray"), help="override the config's backend")
+    p.add_argument("--address", help="Ray cluster address")
+    p.add_argument("--workers", type=int, help="processes or Ray actors")
+
+
+@command("sweep", "run a sweep described by a YAML file (conditions x tasks x seeds)", _setup_sweep)
+def cmd_sweep(args: argparse.Namespace) -> int:
+    import inspect
+
+    import yaml
+
+    from .errors import ConfigError
+    from .eval import evaluate
+
+    config = yaml.safe_load(open(args.config)) or {}
+    valid = set(inspect.signature(evaluate).parameters)
+    unknown = sorted(set(config) - valid)
+    if unknown:
+        raise ConfigError(f"{args.config}: unknown keys {unknown}; valid keys: {sorted(valid)}")
+    for key in ("backend", "address", "workers"):
+        if getattr(args, key) is not None:
+            config[key] = getattr(args, key)
+    config.setdefault("policy", DEFAULT_POLICY)
+    results = evaluate(**config)
+    print(results.format())
     return 0
 
 
