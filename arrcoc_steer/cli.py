@@ -3,8 +3,11 @@
     arrcoc-steer envs                      list suites and tasks
     arrcoc-steer collect --episodes 40     scripted-expert demos -> data/demos
     arrcoc-steer train --data data/demos   behaviour-clone MiniVLA
+    arrcoc-steer atlas --search fast       the neuron atlas of the policy
+    arrcoc-steer concepts fast=fast,quick/slow   concept neurons -> concepts.yaml
     arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
     arrcoc-steer sweep sweep.yaml          the same, from a YAML file
+    arrcoc-steer report runs/eval          the HTML report of a run
     arrcoc-steer demo                      the whole loop on the shipped policy
 
 Run ``arrcoc-steer <verb> --help`` for every flag.
@@ -97,8 +100,86 @@ def cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+# -- atlas / concepts ------------------------------------------------------------------------
+ATLAS_CACHE = "runs/cache"
+
+
+def _setup_atlas(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
+    p.add_argument("--cache", default=ATLAS_CACHE, help="atlas cache folder, keyed by a hash of the weights (default: %(default)s)")
+    p.add_argument("--top-k", type=int, default=10, help="tokens kept per neuron (default: %(default)s)")
+    p.add_argument("--basis", choices=("auto", "embed", "unembed"), default="auto", help="token basis to project onto")
+    p.add_argument("--score", choices=("dot", "cosine"), default="dot", help="dot (the paper's) or cosine")
+    p.add_argument("--search", nargs="+", metavar="WORD", help="print the neurons whose top tokens hold these words")
+    p.add_argument("--limit", type=int, default=10, help="neurons printed per search (default: %(default)s)")
+
+
+@command("atlas", "project every FFN value vector onto the token basis (cached); search it", _setup_atlas)
+def cmd_atlas(args: argparse.Namespace) -> int:
+    from .atlas import NeuronAtlas
+    from .models.minivla import load_policy
+
+    policy = load_policy(args.policy)
+    atlas = NeuronAtlas.build(policy, top_k=args.top_k, basis=args.basis, score=args.score, cache=args.cache)
+    fraction = atlas.action_fraction()
+    print(f"atlas: {atlas.n_layers} layers x {atlas.d_ff} neurons; {fraction:.1%} read mostly as action bins")
+    for word in args.search or []:
+        print(f"\nneurons for {word!r}:")
+        for hit in atlas.search(word, limit=args.limit):
+            print("  " + atlas.describe(hit.layer, hit.neuron, k=8))
+    return 0
+
+
+def _setup_concepts(p: argparse.ArgumentParser) -> None:
+    p.add_argument("specs", nargs="+", metavar="NAME=WORD[,WORD][/AGAINST[,AGAINST]]",
+                   help="e.g. fast=fast,quick/slow slow=slow,slowly/fast up=up,upward/down")  # fmt: skip
+    p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
+    p.add_argument("--cache", default=ATLAS_CACHE, help="atlas cache folder (default: %(default)s)")
+    p.add_argument("--top-n", type=int, default=10, help="neurons per concept (default: %(default)s)")
+    p.add_argument("--expand", type=int, default=8, help="embedding neighbours added per keyword (default: %(default)s)")
+    p.add_argument("--layers", type=int, nargs="+", help="only these layers")
+    p.add_argument("--out", default="concepts.yaml", help="concept dictionary to write (default: %(default)s)")
+
+
+def parse_concept_spec(spec: str) -> tuple[str, list[str], list[str]]:
+    """``"fast=fast,quick/slow"`` -> ``("fast", ["fast", "quick"], ["slow"])``."""
+    from .errors import ConfigError
+
+    name, sep, rest = spec.partition("=")
+    words, _, against = rest.partition("/")
+    keywords = [w for w in words.split(",") if w]
+    if not sep or not name or not keywords:
+        raise ConfigError(f"concept spec {spec!r} must look like NAME=WORD[,WORD][/AGAINST], e.g. fast=fast,quick/slow")
+    return name, keywords, [w for w in against.split(",") if w]
+
+
+@command("concepts", "find concept neurons from keywords in the atlas; write a YAML dictionary", _setup_concepts)
+def cmd_concepts(args: argparse.Namespace) -> int:
+    from .atlas import NeuronAtlas
+    from .concepts import find_concept, save_concepts
+    from .models.minivla import load_policy
+
+    policy = load_policy(args.policy)
+    atlas = NeuronAtlas.build(policy, cache=args.cache)
+    found = []
+    for spec in args.specs:
+        name, keywords, against = parse_concept_spec(spec)
+        concept = find_concept(atlas, keywords, policy, name=name, against=against, expand=args.expand,
+                               top_n=args.top_n, layers=args.layers)  # fmt: skip
+        found.append(concept)
+        print(f"{name}: {len(concept.neurons)} neurons in layers {sorted(set(concept.layers))}")
+        for layer, neuron in concept.neurons[:5]:
+            print("  " + atlas.describe(layer, neuron, k=6))
+    save_concepts(args.out, found)
+    print(f"wrote {args.out}")
+    return 0
+
+
 # -- eval / sweep ----------------------------------------------------------------------------
-DEFAULT_POLICY = "checkpoints/minivla"
+def _default_policy() -> str:
+    from .models.minivla import DEFAULT_CHECKPOINT
+
+    return str(DEFAULT_CHECKPOINT)
 
 
 def _parse_condition(words: list[str]) -> dict:
@@ -118,7 +199,7 @@ def _parse_condition(words: list[str]) -> dict:
 
 
 def _setup_eval(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--policy", default=DEFAULT_POLICY, help="MiniVLA checkpoint folder, or 'expert' (default: %(default)s)")
+    p.add_argument("--policy", help="MiniVLA checkpoint folder, or 'expert' (default: the shipped policy)")
     p.add_argument("--tasks", nargs="+", default=["all"], help="task names, suite names or 'all' (default: all)")
     p.add_argument("--seeds", type=int, default=10, help="fresh seeds per task and condition (default: %(default)s)")
     p.add_argument(
@@ -140,6 +221,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     from .eval import evaluate, load_conditions
 
     conditions = [_parse_condition(c) for c in args.conditions or [["unsteered"]]]
+    args.policy = args.policy or _default_policy()
     if args.conditions_file:
         conditions += load_conditions(args.conditions_file)
     results = evaluate(
@@ -175,9 +257,24 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     for key in ("backend", "address", "workers"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
-    config.setdefault("policy", DEFAULT_POLICY)
+    config.setdefault("policy", _default_policy())
     results = evaluate(**config)
     print(results.format())
+    return 0
+
+
+# -- report ----------------------------------------------------------------------------------
+def _setup_report(p: argparse.ArgumentParser) -> None:
+    p.add_argument("run", help="a run folder written by `arrcoc-steer eval` or `sweep`")
+    p.add_argument("--out", help="HTML file to write (default: <run>/report.html)")
+    p.add_argument("--title", default="arrcoc_steer run report", help="page title")
+
+
+@command("report", "write the self-contained HTML report of a run folder", _setup_report)
+def cmd_report(args: argparse.Namespace) -> int:
+    from .viz.report import ReportExtras, write_report
+
+    print(write_report(args.run, args.out, ReportExtras(title=args.title)))
     return 0
 
 

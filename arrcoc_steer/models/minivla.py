@@ -36,6 +36,7 @@ from .lora import apply_lora
 from .vision import VisualTokenizer
 
 WEIGHTS_NAME = "model.safetensors"
+DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "minivla"  # shipped policy
 # What each visual token shows, relative to the task: trained from the simulator's segmentation, read
 # by the action head as "where are the gripper, the target and the destination" (pointer features).
 GROUNDING_CLASSES = ("other", "gripper", "target", "destination", "distractor")
@@ -401,3 +402,13 @@ class MiniVLA(nn.Module):
         with torch.no_grad():
             self.backbone.embeddings.word_embeddings.weight[: rows.shape[0]] = rows
         self.load_state_dict(state, strict=False)
+
+
+def load_policy(path: str | Path | None = None, device: str | torch.device = "cpu") -> MiniVLA:
+    """The shipped default policy (or the MiniVLA checkpoint at ``path``), ready for inference."""
+    path = Path(path) if path is not None else DEFAULT_CHECKPOINT
+    if not (path / CONFIG_NAME).is_file():
+        raise CheckpointError(
+            f"no MiniVLA checkpoint at {path}; train one with `arrcoc-steer train` or pass the folder of one"
+        )
+    return MiniVLA.from_pretrained(path, device)
