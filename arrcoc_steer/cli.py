@@ -280,26 +280,32 @@ def cmd_report(args: argparse.Namespace) -> int:
 
 # -- demo ------------------------------------------------------------------------------------
 def _setup_demo(p: argparse.ArgumentParser) -> None:
-    p.add_argument("--out", default="runs/demo", help="run folder for the summary and video (default: %(default)s)")
-    p.add_argument("--episodes", type=int, default=2, help="episodes per task (default: %(default)s)")
-    p.add_argument("--seed", type=int, default=1000, help="first episode seed (default: %(default)s)")
+    from .demo import DemoConfig
+
+    add_options(p, DemoConfig)
+    p.add_argument("--expert", action="store_true", help="only run the scripted expert (one task per suite) and write a video")
 
 
-@command("demo", "run the scripted expert on one task per suite; print success, write a video", _setup_demo)
+@command("demo", "the whole loop on the shipped policy: atlas, concepts, steered episodes, budgets, report", _setup_demo)
 def cmd_demo(args: argparse.Namespace) -> int:
     from pathlib import Path
 
-    import envs
-    from envs.demo import run_expert_demo
+    if args.expert:
+        import envs
+        from envs.demo import run_expert_demo
 
-    out = Path(args.out)
-    out.mkdir(parents=True, exist_ok=True)
-    tasks = [envs.list_tasks(s)[0] for s in envs.SUITES]
-    video = out / "expert.mp4"
-    success = run_expert_demo(tasks, episodes=args.episodes, video_path=video, seed=args.seed)
-    for task, rate in success.items():
-        print(f"{task:<32} success {rate:.0%}")
-    print(f"video: {video}")
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        success = run_expert_demo([envs.list_tasks(s)[0] for s in envs.SUITES], episodes=2, video_path=out / "expert.mp4")
+        for task, rate in success.items():
+            print(f"{task:<32} success {rate:.0%}")
+        print(f"video: {out / 'expert.mp4'}")
+        return 0
+    from .demo import DemoConfig, run_demo
+
+    t0 = time.perf_counter()
+    run_demo(from_args(DemoConfig, args))
+    print(f"demo finished in {(time.perf_counter() - t0) / 60:.1f} min")
     return 0
 
 

@@ -45,7 +45,8 @@ def add_options(parser: argparse.ArgumentParser, cls, skip: tuple[str, ...] = ()
             parser.add_argument(_flag(f.name), dest=f.name, nargs="+", type=inner, default=default, help=f"{help_} (default: {' '.join(map(str, default))})")
         else:
             base = next((t for t in typing.get_args(hint) if t is not type(None)), hint) if typing.get_origin(hint) else hint
-            parser.add_argument(_flag(f.name), dest=f.name, type=base, default=default, help=f"{help_} (default: %(default)s)")
+            shown = "" if default is None else " (default: %(default)s)"
+            parser.add_argument(_flag(f.name), dest=f.name, type=base, default=default, help=help_ + shown)
 
 
 def from_args(cls, args: argparse.Namespace, **overrides):

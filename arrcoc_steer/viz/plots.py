@@ -95,7 +95,8 @@ def speed_over_time(run: Run, max_lines: int = 8):
 
 
 def _effect(run: Run, name: str, metric: str) -> float:
-    return run.stat(name, metric).get("vs_baseline", {}).get("pct_change", np.nan)
+    value = (run.stat(name, metric).get("vs_baseline") or {}).get("pct_change")
+    return np.nan if value is None else float(value)
 
 
 def alpha_sweep(run: Run, metric: str = "speed_w"):

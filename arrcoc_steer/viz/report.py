@@ -69,16 +69,23 @@ def _png(fig) -> str:
     return _data_uri(buf.getvalue(), "image/png")
 
 
+def _num(value) -> float:
+    """JSON numbers, with null (a NaN when written) as NaN."""
+    return float("nan") if value is None else float(value)
+
+
 def _fmt_stat(stat: dict, fmt: str) -> str:
-    if not stat or stat.get("mean") is None or not np.isfinite(stat.get("mean", np.nan)):
+    mean = _num(stat.get("mean")) if stat else float("nan")
+    if not np.isfinite(mean):
         return "–"
-    lo, hi = stat.get("ci", (np.nan, np.nan))
-    out = f"{fmt.format(stat['mean'])} <span class=muted>[{fmt.format(lo)}, {fmt.format(hi)}]</span>"
-    vs = stat.get("vs_baseline")
-    if vs and np.isfinite(vs.get("pct_change", np.nan)):
-        cls = "up" if vs["pct_change"] > 0.5 else "down" if vs["pct_change"] < -0.5 else "muted"
-        p = vs.get("mcnemar_p", vs.get("wilcoxon_p", np.nan))
-        out += f" <span class={cls}>{vs['pct_change']:+.0f}%</span> <span class=muted>p={p:.2g}</span>"
+    lo, hi = (_num(v) for v in stat.get("ci", (None, None)))
+    out = f"{fmt.format(mean)} <span class=muted>[{fmt.format(lo)}, {fmt.format(hi)}]</span>"
+    vs = stat.get("vs_baseline") or {}
+    change = _num(vs.get("pct_change"))
+    if np.isfinite(change):
+        cls = "up" if change > 0.5 else "down" if change < -0.5 else "muted"
+        p = _num(vs.get("mcnemar_p", vs.get("wilcoxon_p")))
+        out += f" <span class={cls}>{change:+.0f}%</span> <span class=muted>p={p:.2g}</span>"
     return out
 
 
@@ -102,10 +109,11 @@ def controls_table(run: Run, metric: str = "speed_w") -> str:
     rows = []
     for concept, entry in controls.items():
         c = entry.get(metric, {})
+        band = c.get("band") or [None, None]
         rows.append(f"<tr><td>{html.escape(concept)}</td><td>{len(entry['controls'])}</td>"
-                    f"<td>{c.get('effect', np.nan):+.1f}%</td><td>{c.get('percentile', np.nan):.1f}</td>"
-                    f"<td>[{c.get('band', [np.nan] * 2)[0]:+.1f}, {c.get('band', [np.nan] * 2)[1]:+.1f}]%</td>"
-                    f"<td>{c.get('p_two_sided', np.nan):.3g}</td></tr>")  # fmt: skip
+                    f"<td>{_num(c.get('effect')):+.1f}%</td><td>{_num(c.get('percentile')):.1f}</td>"
+                    f"<td>[{_num(band[0]):+.1f}, {_num(band[1]):+.1f}]%</td>"
+                    f"<td>{_num(c.get('p_two_sided')):.3g}</td></tr>")  # fmt: skip
     return (f"<p class=muted>Effect on {metric} (% vs baseline) of each concept among its matched random "
             "neuron sets (same size, layers, alpha).</p><table><tr><th>concept</th><th>controls</th><th>effect</th>"
             "<th>percentile among controls</th><th>controls' 95% band</th><th>empirical p (two-sided)</th></tr>"
