@@ -5,6 +5,7 @@
     arrcoc-steer train --data data/demos   behaviour-clone MiniVLA
     arrcoc-steer atlas --search fast       the neuron atlas of the policy
     arrcoc-steer concepts fast=fast,quick/slow   concept neurons -> concepts.yaml
+    arrcoc-steer direction quickly slowly  a contrastive residual direction
     arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
     arrcoc-steer sweep sweep.yaml          the same, from a YAML file
     arrcoc-steer report runs/eval          the HTML report of a run
@@ -136,9 +137,10 @@ def _setup_concepts(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
     p.add_argument("--cache", default=ATLAS_CACHE, help="atlas cache folder (default: %(default)s)")
     p.add_argument("--top-n", type=int, default=10, help="neurons per concept (default: %(default)s)")
-    p.add_argument("--expand", type=int, default=8, help="embedding neighbours added per keyword (default: %(default)s)")
     p.add_argument("--layers", type=int, nargs="+", help="only these layers")
     p.add_argument("--out", default="concepts.yaml", help="concept dictionary to write (default: %(default)s)")
+    p.add_argument("--calibration", help="also write each neuron's activation scale here (.safetensors), "
+                   "measured on scripted-expert observations, for alpha in calibrated units")  # fmt: skip
 
 
 def parse_concept_spec(spec: str) -> tuple[str, list[str], list[str]]:
@@ -156,22 +158,39 @@ def parse_concept_spec(spec: str) -> tuple[str, list[str], list[str]]:
 @command("concepts", "find concept neurons from keywords in the atlas; write a YAML dictionary", _setup_concepts)
 def cmd_concepts(args: argparse.Namespace) -> int:
     from .atlas import NeuronAtlas
-    from .concepts import find_concept, save_concepts
     from .models.minivla import load_policy
+    from .policy_steering import write_calibration, write_concepts
 
     policy = load_policy(args.policy)
     atlas = NeuronAtlas.build(policy, cache=args.cache)
-    found = []
-    for spec in args.specs:
-        name, keywords, against = parse_concept_spec(spec)
-        concept = find_concept(atlas, keywords, policy, name=name, against=against, expand=args.expand,
-                               top_n=args.top_n, layers=args.layers)  # fmt: skip
-        found.append(concept)
-        print(f"{name}: {len(concept.neurons)} neurons in layers {sorted(set(concept.layers))}")
+    specs = {name: (words, against) for name, words, against in map(parse_concept_spec, args.specs)}
+    for concept in write_concepts(policy, args.out, specs, atlas=atlas, top_n=args.top_n, layers=args.layers):
+        print(f"{concept.name}: {len(concept.neurons)} neurons in layers {list(concept.layers)}")
         for layer, neuron in concept.neurons[:5]:
             print("  " + atlas.describe(layer, neuron, k=6))
-    save_concepts(args.out, found)
     print(f"wrote {args.out}")
+    if args.calibration:
+        print(f"wrote {write_calibration(policy, args.calibration)}")
+    return 0
+
+
+def _setup_direction(p: argparse.ArgumentParser) -> None:
+    p.add_argument("positive", help="modifier appended to the instruction, e.g. quickly")
+    p.add_argument("negative", help="the contrasting modifier, e.g. slowly")
+    p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
+    p.add_argument("--layers", type=int, nargs="+", help="layers to take the direction at (default: all)")
+    p.add_argument("--positions", choices=("all", "text", "image", "action"), default="all", help="token positions averaged")
+    p.add_argument("--out", default="direction.safetensors", help="file to write (default: %(default)s)")
+
+
+@command("direction", "contrastive residual direction: '<instruction> POSITIVE' minus '<instruction> NEGATIVE'", _setup_direction)
+def cmd_direction(args: argparse.Namespace) -> int:
+    from .models.minivla import load_policy
+    from .policy_steering import write_direction
+
+    path = write_direction(load_policy(args.policy), args.out, args.positive, args.negative, layers=args.layers,
+                           positions=args.positions)  # fmt: skip
+    print(f"wrote {path}")
     return 0
 
 

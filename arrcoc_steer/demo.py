@@ -19,9 +19,6 @@ import numpy as np
 
 from .config import option
 
-CONCEPT_SPECS = {"fast": (["fast", "quick"], ["slow"]), "slow": (["slow", "slowly"], ["fast"]), "up": (["up", "upward"], ["down"])}
-
-
 @dataclass
 class DemoConfig:
     """What the demo runs; every field is an ``arrcoc-steer demo`` flag."""
@@ -36,46 +33,16 @@ class DemoConfig:
     workers: int | None = option(None, "processes (default: all cores)")
 
 
-def calibration_inputs(policy, tasks: tuple[str, ...], n: int = 24, seed: int = 0) -> list[dict]:
-    """Observations from scripted-expert rollouts, to measure each neuron's activation scale."""
-    import envs
-    from envs.expert import ScriptedExpert
-
-    items = []
-    per_task = max(1, n // len(tasks))
-    for i, task in enumerate(tasks):
-        env = envs.make(task)
-        try:
-            obs, _ = env.reset(seed=seed + i)
-            expert = ScriptedExpert(env)
-            for t in range(per_task * 3):
-                if t % 3 == 0:
-                    items.append({"obs": obs, "instruction": obs["instruction"]})
-                obs, _, term, trunc, _ = env.step(expert.act(obs))
-                if term or trunc:
-                    break
-        finally:
-            env.close()
-    return items
-
-
 def prepare_steering(cfg: DemoConfig, policy, out: Path) -> tuple[Path, Path, list]:
     """Atlas -> concepts.yaml and calibration.safetensors in ``out``; returns them and the concepts."""
     from .atlas import NeuronAtlas
-    from .concepts import find_concept, save_concepts
-    from .steering import calibrate
+    from .policy_steering import observations, write_calibration, write_concepts
 
     atlas = NeuronAtlas.build(policy, cache=out / "cache", progress=False)
-    concepts = [find_concept(atlas, words, policy, name=name, against=against, top_n=cfg.top_n)
-                for name, (words, against) in CONCEPT_SPECS.items()]  # fmt: skip
-    concepts_path = out / "concepts.yaml"
-    save_concepts(concepts_path, concepts)
-    calib_path = out / "calibration.safetensors"
+    concepts_path, calib_path = out / "concepts.yaml", out / "calibration.safetensors"
+    concepts = write_concepts(policy, concepts_path, atlas=atlas, top_n=cfg.top_n)
     if not calib_path.exists():
-        def run(model, item):
-            model.predict_action(item["obs"], item["instruction"], budget=cfg.budget)
-
-        calibrate(policy, calibration_inputs(policy, cfg.tasks), run=run).save(calib_path)
+        write_calibration(policy, calib_path, observations(cfg.tasks, per_task=12), budget=cfg.budget)
     return concepts_path, calib_path, [(c, atlas) for c in concepts]
 
 

@@ -17,5 +17,5 @@ def test_importing_the_package_loads_no_heavy_dependency():
 
 def test_cli_help_explains_every_command():
     out = subprocess.run([sys.executable, "-m", "arrcoc_steer.cli", "--help"], capture_output=True, text=True, check=True).stdout
-    for verb in ("demo", "envs", "collect", "train", "atlas", "concepts", "eval", "sweep", "report"):
+    for verb in ("demo", "envs", "collect", "train", "atlas", "concepts", "direction", "eval", "sweep", "report"):
         assert f"    {verb}" in out, verb

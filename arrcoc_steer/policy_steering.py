@@ -1,0 +1,98 @@
+"""Steering material for a policy in the simulated suite: what a steering experiment needs on disk.
+
+Interventions are generic (:mod:`arrcoc_steer.steering`); what is specific to a *policy* is the data
+they are measured on. This module makes it from scripted-expert rollouts in ``envs``:
+
+* :func:`observations` -- (observation, instruction) pairs along expert episodes;
+* :func:`write_calibration` -- each neuron's activation scale on them (alpha in calibrated units);
+* :func:`write_concepts` -- concept neurons found from keywords in the policy's atlas (YAML);
+* :func:`write_direction` -- a contrastive residual direction, e.g. "... quickly" minus "... slowly",
+  on the same observations, so that only the instruction differs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from pathlib import Path
+
+from .errors import ConfigError
+
+DEFAULT_TASKS = ("LiftRedBlock", "PickRedBlockIntoTray", "PushRedBlockToZone", "PickLeftBlockIntoTray")
+CONCEPT_SPECS = {
+    "fast": (["fast", "quick"], ["slow"]),
+    "slow": (["slow", "slowly"], ["fast"]),
+    "up": (["up", "upward"], ["down"]),
+}
+
+
+def observations(tasks: Sequence[str] = DEFAULT_TASKS, per_task: int = 8, seed: int = 0, every: int = 3) -> list[dict]:
+    """``per_task`` observations per task, every ``every`` steps of a scripted-expert episode."""
+    import envs
+    from envs.expert import ScriptedExpert
+
+    items = []
+    for i, task in enumerate(tasks):
+        env = envs.make(task)
+        try:
+            obs, _ = env.reset(seed=seed + i)
+            expert = ScriptedExpert(env)
+            for t in range(per_task * every):
+                if t % every == 0:
+                    items.append({"obs": obs, "instruction": obs["instruction"]})
+                obs, _, terminated, truncated, _ = env.step(expert.act(obs))
+                if terminated or truncated:
+                    obs, _ = env.reset(seed=seed + i + 1000 * (t + 1))
+                    expert = ScriptedExpert(env)
+        finally:
+            env.close()
+    return items
+
+
+def runner(budget: int = 64):
+    """``run(policy, item)`` for :func:`~arrcoc_steer.steering.calibrate` and contrasts."""
+
+    def run(policy, item: dict):
+        return policy.predict_action(item["obs"], item["instruction"], budget=budget)
+
+    return run
+
+
+def write_calibration(policy, path: str | Path, items: list[dict] | None = None, budget: int = 64) -> Path:
+    from .steering import calibrate
+
+    path = Path(path)
+    calibrate(policy, items or observations(), run=runner(budget)).save(path)
+    return path
+
+
+def write_concepts(policy, path: str | Path, specs: dict | None = None, *, atlas=None, cache: str | Path | None = None,
+                   top_n: int = 10, layers: Sequence[int] | None = None) -> list:  # fmt: skip
+    """Find each concept ``{name: (keywords, against)}`` and save them as one YAML dictionary."""
+    from .atlas import NeuronAtlas
+    from .concepts import find_concept, save_concepts
+
+    atlas = atlas or NeuronAtlas.build(policy, cache=cache, progress=False)
+    found = [find_concept(atlas, words, policy, name=name, against=against, top_n=top_n, layers=layers)
+             for name, (words, against) in (specs or CONCEPT_SPECS).items()]  # fmt: skip
+    save_concepts(path, found)
+    return found
+
+
+def write_direction(policy, path: str | Path, positive: str = "quickly", negative: str = "slowly", *,
+                    layers: Sequence[int] | None = None, items: list[dict] | None = None, budget: int = 64,
+                    positions: str = "all", name: str | None = None) -> Path:  # fmt: skip
+    """Mean residual on "<instruction> <positive>" minus "<instruction> <negative>", same observations."""
+    from .steering import ResidualDirection
+
+    if positive == negative:
+        raise ConfigError(f"positive and negative modifiers must differ, got {positive!r} twice")
+    items = items or observations()
+    n_layers = len(policy.backbone.encoder.layer)
+    layers = list(range(n_layers)) if layers is None else list(layers)
+    pos = [{**it, "instruction": f"{it['instruction']} {positive}"} for it in items]
+    neg = [{**it, "instruction": f"{it['instruction']} {negative}"} for it in items]
+    direction = ResidualDirection.from_contrast(policy, pos, neg, layers, positions=positions, run=runner(budget),
+                                                normalize=True, name=name or f"{positive}-{negative}")  # fmt: skip
+    path = Path(path)
+    direction.save(path)
+    return path
