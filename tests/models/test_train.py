@@ -65,6 +65,20 @@ def test_grounding_labels_follow_the_pooling_of_each_token():
     assert grounding_loss(PolicyOutput(None, wrong, pooling), counts) > 10
 
 
+def test_pointer_loss_is_zero_at_the_true_centroid_and_grows_with_distance():
+    from arrcoc_steer.models.minivla import PolicyOutput
+    from arrcoc_steer.train import pointer_loss
+
+    counts = torch.zeros(1, 512, 5)
+    counts[0, 16 * 4 + 8, 2] = 64  # agentview target in the cell at row 4, col 8
+    counts[0, :, 0] += 64 - counts[0, :, 2]
+    pointer = torch.zeros(1, 2, 3, 3)
+    pointer[0, 0, 1, :2] = torch.tensor([8.5 / 16, 4.5 / 16])  # (x, y) of that cell's centre
+    assert pointer_loss(PolicyOutput(None, None, None, pointer), counts) < 1e-6
+    pointer[0, 0, 1, 0] += 0.25
+    assert pointer_loss(PolicyOutput(None, None, None, pointer), counts) == pytest.approx(0.125)  # mean over x, y
+
+
 def test_allocations_spend_one_exact_budget_per_batch():
     grid, rng = RegionGrid(), np.random.default_rng(0)
     cfg = TrainConfig(low_budget_frac=0.5, uniform_frac=0.5)
