@@ -248,6 +248,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
         address=args.address, frames=args.video, max_steps=args.max_steps,
     )  # fmt: skip
     print(results.format())
+    print(results.format_by_suite("success"))
     print(f"results: {args.out}/results.json, {args.out}/results.csv")
     return 0
 

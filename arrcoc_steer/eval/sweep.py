@@ -235,6 +235,30 @@ class SweepResults:
         """The paired test of ``condition`` against the baseline on ``metric``."""
         return self.summary[condition]["tasks"][task][metric]["vs_baseline"]
 
+    def by_suite(self, metric: str = "success") -> dict[str, dict[str, float]]:
+        """Per condition, the mean of ``metric`` over the episodes of each suite (and ``"all"``)."""
+        import envs
+
+        out: dict[str, dict[str, float]] = {}
+        for cond in self.summary:
+            values: dict[str, list] = {}
+            for r in self.rows:
+                if r["condition"] == cond and r["status"] != "crashed" and r.get(metric) is not None:
+                    values.setdefault(envs.get_task(r["task"]).suite, []).append(float(r[metric]))
+            out[cond] = {suite: float(np.mean(v)) for suite, v in values.items()}
+            if out[cond]:
+                out[cond]["mean over suites"] = float(np.mean(list(out[cond].values())))
+        return out
+
+    def format_by_suite(self, metric: str = "success") -> str:
+        """A plain-text table of :meth:`by_suite`, with episode counts."""
+        table = self.by_suite(metric)
+        suites = list(dict.fromkeys(k for row in table.values() for k in row))
+        lines = [f"{metric + ' by suite':34s}" + "".join(f"{s:>18s}" for s in suites)]
+        for cond, row in table.items():
+            lines.append(f"{cond:34s}" + "".join(f"{row.get(s, float('nan')):>18.3f}" for s in suites))
+        return "\n".join(lines)
+
     def format(self, metrics: Sequence[str] = ("success", "speed_w", "length")) -> str:
         """A plain-text table: per condition, mean [95% CI] and % change vs baseline (all tasks)."""
         lines = [f"{'condition':34s}" + "".join(f"{m:>30s}" for m in metrics)]
