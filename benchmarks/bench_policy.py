@@ -45,6 +45,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--policy", help="MiniVLA checkpoint (default: the shipped policy)")
     p.add_argument("--rounds", type=int, default=30)
     p.add_argument("--threads", type=int, help="torch threads (default: torch's choice)")
+    p.add_argument("--json", help="also write the medians and ratios to this JSON file")
     args = p.parse_args(argv)
     if args.threads:
         torch.set_num_threads(args.threads)
@@ -79,6 +80,14 @@ def main(argv: list[str] | None = None) -> int:
     print(f"  relevance / 64-token step      {med['relevance only (64)'] / med['step, 64 tokens']:6.1%}")
     print(f"  ARR-COC step / uniform step    {med['step, 64 tokens, ARR-COC'] / med['step, 64 tokens']:6.2f}x")
     print(f"  bf16 / float32 at 400 tokens   {med['step, 400 tokens, bf16'] / med['step, 400 tokens']:6.2f}x")
+    if args.json:
+        import json
+
+        record = {f"median {k} (ms)": round(v, 2) for k, v in med.items()}
+        record["400 / 64 tokens"] = round(med["step, 400 tokens"] / med["step, 64 tokens"], 3)
+        record["relevance / 64-token step"] = round(med["relevance only (64)"] / med["step, 64 tokens"], 4)
+        record["torch threads"] = torch.get_num_threads()
+        Path(args.json).write_text(json.dumps(record, indent=2))
     spread = {k: np.percentile(v, 90) / np.percentile(v, 10) for k, v in times.items()}
     print(f"  (p90/p10 spread: {max(spread.values()):.2f}x at most; a loaded machine inflates it)")
     return 0
