@@ -42,7 +42,7 @@ class TrainConfig:
     warmup: int = option(200, 'linear warmup steps')
     weight_decay: float = option(0.01, 'AdamW weight decay (not on embeddings, norms, biases)')
     grad_clip: float = option(1.0, 'gradient-norm clip')
-    label_sigma: float = option(1.5, 'width of the smoothed bin target, in bins')
+    label_sigma: float = option(3.0, 'width of the smoothed bin target, in bins')
     shift_px: int = option(6, 'random-shift augmentation')
     low_budget_frac: float = option(0.65, 'fraction of batches with budget in 64..128')
     uniform_frac: float = option(0.5, 'fraction of samples with uniform allocation')

@@ -20,6 +20,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import math
 import os
 from collections import OrderedDict
 from dataclasses import dataclass, field
@@ -173,6 +174,7 @@ class MiniVLA(nn.Module):
         self.register_buffer("_emb_grad_mask", mask, persistent=False)
         emb.register_hook(lambda g: g * self._emb_grad_mask)
 
+        self._init_bin_embeddings()
         self.action_tokenizer = ActionTokenizer(config.action_first_id, config.n_bins)
         self.visual = VisualTokenizer(config.region_grid, d, config.cell_dim, config.cnn_width)
         self.proprio = nn.Sequential(nn.Linear(config.state_dim, d), nn.GELU(), nn.Linear(d, d))
@@ -183,6 +185,27 @@ class MiniVLA(nn.Module):
         self.head_bias = nn.Parameter(torch.zeros(config.n_bins))
         self._roles: dict[str, torch.Tensor] | None = None
         self._text_cache: OrderedDict[str, list[int]] = OrderedDict()
+
+    @torch.no_grad()
+    def _init_bin_embeddings(self, n_freq: int = 16, seed: int = 0) -> None:
+        """Give the action-bin rows an ordinal geometry before training.
+
+        MiniLM's ``[unused]`` rows are near-copies of one vector (mean pairwise cosine 0.8), so a head
+        tied to them starts unable to tell bin 10 from bin 200. Row ``k`` becomes a Fourier code of
+        ``k`` (``n_freq`` cosines and sines) in a random orthonormal subspace, at the vocabulary's
+        typical norm: neighbouring bins start similar, far bins different, and moving a predicted
+        peak is a smooth change of a few coefficients. Checkpoints overwrite these rows on load.
+        """
+        cfg = self.config
+        weight = self.backbone.embeddings.word_embeddings.weight
+        gen = torch.Generator().manual_seed(seed)
+        basis, _ = torch.linalg.qr(torch.randn(weight.shape[1], 2 * n_freq, generator=gen))  # (d, 2F)
+        k = torch.arange(cfg.n_bins, dtype=torch.float64)[:, None] + 0.5
+        angle = math.pi * k / cfg.n_bins * torch.arange(1, n_freq + 1, dtype=torch.float64)  # (bins, F)
+        code = torch.cat([angle.cos(), angle.sin()], 1) / math.sqrt(n_freq)  # rows of norm 1
+        norm = weight[1000:].norm(dim=1).median()  # a typical word's norm
+        rows = slice(cfg.action_first_id, cfg.action_first_id + cfg.n_bins)
+        weight[rows] = (code.float() @ basis.t()) * norm
 
     # -- properties --------------------------------------------------------------------------
     @property
