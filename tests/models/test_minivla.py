@@ -142,3 +142,17 @@ def test_value_vectors_are_frozen_and_adapters_start_at_zero(policy):
         assert not layer.output.dense.weight.requires_grad
     trainable = {n for n, p in policy.named_parameters() if p.requires_grad}
     assert not any("output.dense" in n and "attention" not in n for n in trainable)
+
+
+def test_local_mean_decoding_interpolates_between_neighbouring_bins(policy):
+    logits = torch.full((1, 7, 256), -30.0)
+    logits[0, :, 100] = logits[0, :, 101] = 5.0  # two equally likely neighbours
+    logits[0, :, 10] = 4.9  # a far mode, outside the window
+    centers = policy.action_tokenizer.centers
+    policy.config.decode = "argmax"
+    np.testing.assert_allclose(policy.decode_actions(logits)[0], centers[100], atol=1e-6)
+    policy.config.decode = "local_mean"
+    try:
+        np.testing.assert_allclose(policy.decode_actions(logits)[0], (centers[100] + centers[101]) / 2, atol=1e-5)
+    finally:
+        policy.config.decode = "argmax"
