@@ -145,6 +145,9 @@ class Trainer:
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
         self.model = MiniVLA(model_config).to(self.device).train()
+        # Plain (eager) attention trains ~20% faster on CPU at these short sequences: the bf16 backward
+        # of PyTorch's CPU flash-attention kernel costs three times a matmul-softmax-matmul.
+        self.model.backbone.set_attn_implementation("eager")
         self.grid = self.model.region_grid
         self.data = FrameDataset(list(cfg.data))
         self.train_rows, self.val_rows = self._split()
