@@ -47,6 +47,7 @@ class TrainConfig:
     low_budget_frac: float = option(0.65, 'fraction of batches with budget in 64..128')
     uniform_frac: float = option(0.5, 'fraction of samples with uniform allocation')
     grounding_weight: float = option(0.5, 'weight of the per-token grounding loss (needs grounding labels in the data)')
+    teacher_forcing: float = option(0.5, 'share of samples whose action head reads the true pointer (needs grounding labels)')
     holdout_frac: float = option(0.05, 'episodes kept out of training for the validation curve')
     seed: int = option(0, 'seed of initialisation, batches, augmentation and the held-out split')
     device: str = option("auto", 'auto | cpu | cuda')
@@ -110,21 +111,26 @@ def grounding_loss(out, cell_counts: torch.Tensor) -> torch.Tensor:
     return -(labels * torch.log_softmax(out.grounding_logits, -1)).sum(-1).mean()
 
 
-def pointer_loss(out, cell_counts: torch.Tensor) -> torch.Tensor:
-    """L1 between the pointer's expected (x, y) and the true pixel centroid of each pointed class, per
-    camera, where that class is in view: it teaches the policy *where* things are, directly."""
+def true_pointer(cell_counts: torch.Tensor, n_cam: int) -> torch.Tensor:
+    """The pointer the labels imply: per camera and pointed class, the pixel centroid (x, y) in [0, 1]
+    and whether at least 8 pixels of it are in view. (B, n_cam * cells, C) -> (B, n_cam, K, 3)."""
     from .models.minivla import POINTED
 
     b, n_cells, _ = cell_counts.shape
-    n_cam = out.pointer.shape[1]
     side = int(round((n_cells // n_cam) ** 0.5))
-    row, col = torch.div(torch.arange(side * side), side, rounding_mode="floor"), torch.arange(side * side) % side
-    centres = torch.stack([(col + 0.5) / side, (row + 0.5) / side], -1).to(cell_counts.device)  # (cells, 2)
+    idx = torch.arange(side * side, device=cell_counts.device)
+    centres = torch.stack([(idx % side + 0.5) / side, (idx // side + 0.5) / side], -1)  # (cells, 2)
     counts = cell_counts.float().view(b, n_cam, side * side, -1)[..., list(POINTED)]  # (B, n_cam, cells, K)
     mass = counts.sum(2)  # (B, n_cam, K)
-    truth = torch.einsum("bnck,cj->bnkj", counts, centres) / mass.clamp_min(1)[..., None]  # (B, n_cam, K, 2)
-    seen = (mass >= 8).float()[..., None]  # at least 8 pixels in view
-    err = (out.pointer[..., :2].float() - truth).abs() * seen
+    xy = torch.einsum("bnck,cj->bnkj", counts, centres) / mass.clamp_min(1)[..., None]
+    return torch.cat([xy, (mass >= 8).float()[..., None]], -1)
+
+
+def pointer_loss(out, truth: torch.Tensor) -> torch.Tensor:
+    """L1 between the pointer's expected (x, y) and the true centroid of each pointed class, per
+    camera, where that class is in view: it teaches the policy *where* things are, directly."""
+    seen = truth[..., 2:3]
+    err = (out.pointer[..., :2].float() - truth[..., :2]).abs() * seen
     return err.sum() / seen.sum().clamp_min(1) / 2
 
 
@@ -188,16 +194,22 @@ class Trainer:
         ids, mask = self.model.tokenize(batch["instruction"])
         allocations = sample_allocations(self.grid, len(rows), rng, self.cfg)
         target_bins = torch.from_numpy(self.model.action_tokenizer.to_bins(batch["action"])).to(self.device)
+        counts = torch.from_numpy(batch["grounding"]).to(self.device) if "grounding" in batch else None
+        teacher = None
+        if counts is not None and augment and self.cfg.teacher_forcing > 0:
+            truth = true_pointer(counts, self.grid.n_cameras)
+            use = torch.from_numpy(rng.random(len(rows)) < self.cfg.teacher_forcing).to(self.device)
+            teacher = (truth, use)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            out = self.model(images, state, ids, mask, allocations)
+            out = self.model(images, state, ids, mask, allocations, teacher)
         logp = torch.log_softmax(out.action_logits.float(), -1)
         target = smoothed_targets(target_bins, self.model.config.n_bins, self.cfg.label_sigma)
         action_loss = -(target * logp).sum(-1).mean()
         stats = {"action_loss": action_loss.item()}
         loss = action_loss
-        if "grounding" in batch and self.cfg.grounding_weight > 0:
-            counts = torch.from_numpy(batch["grounding"]).to(self.device)
-            g_loss, p_loss = grounding_loss(out, counts), pointer_loss(out, counts)
+        if counts is not None and self.cfg.grounding_weight > 0:
+            g_loss = grounding_loss(out, counts)
+            p_loss = pointer_loss(out, true_pointer(counts, self.grid.n_cameras))
             loss = loss + self.cfg.grounding_weight * (g_loss + POINTER_WEIGHT * p_loss)
             stats.update(grounding_loss=g_loss.item(), pointer_l1=p_loss.item())
         pred = self.model.action_tokenizer.centers[out.action_logits.argmax(-1).cpu().numpy()]

@@ -255,8 +255,14 @@ class MiniVLA(nn.Module):
         input_ids: torch.Tensor,  # (B, L)
         text_mask: torch.Tensor,  # (B, L)
         allocations: np.ndarray,  # (B, n_cam, regions) int, equal totals
+        teacher_pointer: tuple[torch.Tensor, torch.Tensor] | None = None,
     ) -> PolicyOutput:
-        """Action-bin logits (B, action_dim, n_bins) and per-visual-token grounding logits."""
+        """Action-bin logits (B, action_dim, n_bins) and per-visual-token grounding logits.
+
+        ``teacher_pointer`` (training only): ``(pointer (B, n_cam, K, 3), use (B,) bool)``; where
+        ``use`` is set, the action head reads that pointer instead of the predicted one (teacher
+        forcing), so it learns what to do given *where* things are from the first step on.
+        """
         cfg = self.config
         b, n_text = input_ids.shape
         word = self.backbone.embeddings.word_embeddings
@@ -294,7 +300,11 @@ class MiniVLA(nn.Module):
         visual_out = hidden[:, n_text + 1 : n_text + 1 + n_vis]  # (B, T, d)
         grounding = self.grounding_head(visual_out).float()  # (B, T, C)
         pointer = pointer_features(grounding, geom, self.grid_cameras)  # (B, n_cam, K, 3)
-        where = self.pointer_proj(pointer.flatten(1))  # (B, d)
+        read = pointer
+        if teacher_pointer is not None:
+            forced, use = teacher_pointer
+            read = torch.where(use[:, None, None, None], forced.to(pointer.dtype), pointer)
+        where = self.pointer_proj(read.flatten(1))  # (B, d)
         h = self.head(hidden[:, -cfg.action_dim :] + where[:, None].to(hidden.dtype))  # (B, 7, d)
         bins = word.weight[cfg.action_first_id : cfg.action_first_id + cfg.n_bins]  # tied head
         logits = h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)

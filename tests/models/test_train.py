@@ -67,16 +67,38 @@ def test_grounding_labels_follow_the_pooling_of_each_token():
 
 def test_pointer_loss_is_zero_at_the_true_centroid_and_grows_with_distance():
     from arrcoc_steer.models.minivla import PolicyOutput
-    from arrcoc_steer.train import pointer_loss
+    from arrcoc_steer.train import pointer_loss, true_pointer
 
     counts = torch.zeros(1, 512, 5)
     counts[0, 16 * 4 + 8, 2] = 64  # agentview target in the cell at row 4, col 8
     counts[0, :, 0] += 64 - counts[0, :, 2]
     pointer = torch.zeros(1, 2, 3, 3)
     pointer[0, 0, 1, :2] = torch.tensor([8.5 / 16, 4.5 / 16])  # (x, y) of that cell's centre
-    assert pointer_loss(PolicyOutput(None, None, None, pointer), counts) < 1e-6
+    truth = true_pointer(counts, 2)
+    assert truth[0, 0, 1].tolist() == pytest.approx([8.5 / 16, 4.5 / 16, 1.0])  # in view
+    assert truth[0, 1, 1, 2] == 0  # the wrist camera does not see it
+    assert pointer_loss(PolicyOutput(None, None, None, pointer), truth) < 1e-6
     pointer[0, 0, 1, 0] += 0.25
-    assert pointer_loss(PolicyOutput(None, None, None, pointer), counts) == pytest.approx(0.125)  # mean over x, y
+    assert pointer_loss(PolicyOutput(None, None, None, pointer), truth) == pytest.approx(0.125)  # mean over x, y
+
+
+def test_teacher_forced_pointer_replaces_the_predicted_one_only_where_asked():
+    import numpy as np
+
+    from arrcoc_steer.models.minivla import MiniVLA
+    from tests.models.conftest import make_observation
+
+    model = MiniVLA().eval()
+    obs = make_observation(np.random.default_rng(0), batch=2)
+    images, state, _ = model._check_observation(obs)
+    ids, mask = model.tokenize(["lift the red block"] * 2)
+    alloc = np.stack([model.region_grid.uniform(64)] * 2)
+    with torch.no_grad():
+        free = model(images, state, ids, mask, alloc).action_logits
+        forced = torch.rand(2, 2, 3, 3)
+        out = model(images, state, ids, mask, alloc, (forced, torch.tensor([True, False]))).action_logits
+    assert not torch.allclose(out[0], free[0])
+    torch.testing.assert_close(out[1], free[1])
 
 
 def test_allocations_spend_one_exact_budget_per_batch():
