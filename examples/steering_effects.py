@@ -49,6 +49,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--controls", type=int, default=20, help="random-neuron controls per concept")
     p.add_argument("--strengths", type=float, nargs="+", default=[4.0, 8.0], help="residual direction strengths (unit vectors; residual norm units)")
     p.add_argument("--workers", type=int)
+    p.add_argument("--max-steps", type=int, help="cap on episode length (smoke runs)")
     p.add_argument("--backend", default="local")
     args = p.parse_args(argv)
 
@@ -63,7 +64,7 @@ def main(argv: list[str] | None = None) -> int:
         write_direction(policy, dir_path, "quickly", "slowly", items=items)
     conds = conditions(concepts_path, calib_path, dir_path, args.alpha, args.alphas, args.controls, args.strengths)
     results = evaluate(args.policy, args.tasks, conds, args.seeds, out / "eval", workers=args.workers,
-                       backend=args.backend, frames="agentview", video_seeds=1)  # fmt: skip
+                       backend=args.backend, frames="agentview", video_seeds=1, max_steps=args.max_steps)  # fmt: skip
     print(results.format(["success", "speed_w", "peak_ee_z"]))
     from arrcoc_steer.atlas import NeuronAtlas
 

@@ -1,0 +1,40 @@
+"""Smoke runs of the example scripts that are not exercised elsewhere (tiny settings)."""
+
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def run(script: str, *args: str, timeout: int = 600) -> subprocess.CompletedProcess:
+    env = {**os.environ, "PYTHONPATH": str(ROOT), "OMP_NUM_THREADS": "1"}
+    cmd = [sys.executable, str(ROOT / "examples" / script), *args]
+    return subprocess.run(cmd, capture_output=True, text=True, timeout=timeout, cwd=ROOT, env=env)
+
+
+def test_steer_tiny_model_example_runs():
+    out = run("steer_tiny_model.py")
+    assert out.returncode == 0, out.stderr[-2000:]
+
+
+@pytest.fixture(scope="module")
+def untrained_policy(tmp_path_factory):
+    from arrcoc_steer.models.minivla import MiniVLA
+
+    path = tmp_path_factory.mktemp("policy")
+    MiniVLA().save_pretrained(path)
+    return path
+
+
+def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
+    out = run("steering_effects.py", "--policy", str(untrained_policy), "--out", str(tmp_path), "--tasks", "LiftRedBlock",
+              "--seeds", "1", "--alphas", "4", "--controls", "1", "--strengths", "4", "--workers", "1", "--max-steps", "3")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    for name in ("concepts.yaml", "calibration.safetensors", "direction.safetensors", "report.html", "eval/results.json"):
+        assert (tmp_path / name).is_file(), name
+    conditions = (tmp_path / "eval" / "results.csv").read_text()
+    assert "random_fast_clamp4cal_s0" in conditions and "residual_direction_4" in conditions
