@@ -258,6 +258,9 @@ def _setup_sweep(p: argparse.ArgumentParser) -> None:
     p.add_argument("--backend", choices=("local", "serial", "ray"), help="override the config's backend")
     p.add_argument("--address", help="Ray cluster address")
     p.add_argument("--workers", type=int, help="processes or Ray actors")
+    p.add_argument("--policy", help="override the config's policy")
+    p.add_argument("--seeds", type=int, help="override the config's seeds per task (a quick pass; rerun with more to extend it)")
+    p.add_argument("--out", dest="out_dir", help="override the config's out_dir")
 
 
 @command("sweep", "run a sweep described by a YAML file (conditions x tasks x seeds)", _setup_sweep)
@@ -274,7 +277,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     unknown = sorted(set(config) - valid)
     if unknown:
         raise ConfigError(f"{args.config}: unknown keys {unknown}; valid keys: {sorted(valid)}")
-    for key in ("backend", "address", "workers"):
+    for key in ("backend", "address", "workers", "policy", "seeds", "out_dir"):
         if getattr(args, key) is not None:
             config[key] = getattr(args, key)
     config.setdefault("policy", _default_policy())

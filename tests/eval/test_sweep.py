@@ -161,3 +161,14 @@ def test_videos_for_the_first_seeds(tmp_path):
     assert RunFolder(tmp_path).read("LiftRedBlock__unsteered__1000000")["video"] == videos[0].name
     frames = imageio.mimread(videos[0], memtest=False)
     assert len(frames) == 6 and frames[0].shape == (64, 64, 3)
+
+
+def test_the_sweep_command_takes_seeds_out_and_policy_over_the_yaml(tmp_path):
+    from arrcoc_steer.cli import main
+
+    config = tmp_path / "sweep.yaml"
+    config.write_text(f"tasks: [LiftRedBlock]\nseeds: 50\nout_dir: {tmp_path / 'ignored'}\npolicy: no/such/dir\n"
+                      "conditions: [{kind: unsteered}]\nprogress: false\n")  # fmt: skip
+    out = tmp_path / "quick"
+    assert main(["sweep", str(config), "--seeds", "2", "--out", str(out), "--policy", "expert", "--backend", "serial"]) == 0
+    assert len(episode_files(out)) == 2 and not (tmp_path / "ignored").exists()
