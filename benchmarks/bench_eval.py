@@ -3,7 +3,7 @@
     MUJOCO_GL=egl python benchmarks/bench_eval.py                       # expert, no rendering
     MUJOCO_GL=egl python benchmarks/bench_eval.py --render              # both 128 px cameras, as a VLA needs
     MUJOCO_GL=egl python benchmarks/bench_eval.py --backend ray --workers 2
-    MUJOCO_GL=egl python benchmarks/bench_eval.py --policy checkpoints/minivla --episodes 4 --max-steps 10
+    MUJOCO_GL=egl python benchmarks/bench_eval.py --policy arrcoc_steer/checkpoints/minivla --episodes 4 --max-steps 10
 
 One worker runs in this process (the baseline); N workers are a spawn process pool (or Ray actors),
 timed from the call to the last result, start-up included. Each setting runs ``--repeats`` times

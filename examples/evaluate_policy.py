@@ -1,7 +1,7 @@
 """Evaluate a policy under several conditions, paired on the same seeds, and print the effects.
 
     MUJOCO_GL=egl python examples/evaluate_policy.py --policy expert --tasks goal --seeds 10
-    MUJOCO_GL=egl python examples/evaluate_policy.py --policy checkpoints/minivla --conditions conditions.yaml
+    MUJOCO_GL=egl python examples/evaluate_policy.py --policy arrcoc_steer/checkpoints/minivla --conditions conditions.yaml
 
 Without --conditions it compares the unsteered policy with the prompting baselines ("... quickly",
 "... slowly"). A conditions file is YAML or JSON, e.g.::

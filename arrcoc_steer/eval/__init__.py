@@ -5,7 +5,7 @@ safetensors trajectories, ``results.json``, ``results.csv``)::
 
     from arrcoc_steer.eval import evaluate, Unsteered, Prompt, Concept, random_controls
     fast = Concept(concepts="concepts.yaml", concept="fast", alpha=4.0)
-    results = evaluate("checkpoints/minivla", tasks="goal", seeds=20, out_dir="runs/fast",
+    results = evaluate("arrcoc_steer/checkpoints/minivla", tasks="goal", seeds=20, out_dir="runs/fast",
                        conditions=[Unsteered(), Prompt(modifier="quickly"), fast, *random_controls(fast)])
     print(results.format())
 
