@@ -23,18 +23,17 @@ camera matrices. LIBERO's renderer returns images upside down; they are flipped 
 
 from __future__ import annotations
 
-import string
 from typing import Any
 
 import gymnasium as gym
 import numpy as np
-from gymnasium import spaces
 
 from arrcoc_steer.errors import ConfigError, MissingDependencyError, UnknownNameError
 
+from .tabletop import INSTRUCTION_CHARSET, contract_spaces
+
 # LIBERO's evaluation time limits (steps at 20 Hz), from its evaluation scripts
 MAX_STEPS = {"libero_spatial": 220, "libero_object": 280, "libero_goal": 300, "libero_10": 520, "libero_90": 400}
-CHARSET = string.ascii_letters + string.digits + " ,.'-"
 
 
 def _import_libero():
@@ -87,20 +86,12 @@ class LiberoEnv(gym.Env):
         self.max_episode_steps = int(max_episode_steps or MAX_STEPS.get(suite.split("_with")[0], 300))
         task = self._suite.get_task(self.task_id)
         self.task_name = task.name
-        self.instruction = "".join(c for c in task.language if c in CHARSET)
+        self.instruction = "".join(c for c in task.language if c in INSTRUCTION_CHARSET)
         self._init_states = self._suite.get_task_init_states(self.task_id)
         bddl = f"{get_libero_path('bddl_files')}/{task.problem_folder}/{task.bddl_file}"
         self._env = OffScreenRenderEnv(bddl_file_name=bddl, camera_heights=self.image_size,
                                        camera_widths=self.image_size)  # fmt: skip
-        s = self.image_size
-        image = spaces.Box(0, 255, (s, s, 3), np.uint8)
-        self.observation_space = spaces.Dict({
-            "agentview": image,
-            "wrist": image,
-            "state": spaces.Box(-np.inf, np.inf, (9,), np.float32),
-            "instruction": spaces.Text(256, charset=CHARSET),
-        })  # fmt: skip
-        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space, self.action_space = contract_spaces(self.image_size)
         self._steps = 0
         self._last: dict[str, Any] | None = None
 

@@ -29,6 +29,19 @@ TCP_LOW = np.array([-0.40, -0.36, -0.01])
 TCP_HIGH = np.array([0.40, 0.40, 0.45])
 INSTRUCTION_CHARSET = string.ascii_letters + string.digits + " ,.'-"
 INSTRUCTION_MAX = 256
+
+
+def contract_spaces(image_size: int) -> tuple[spaces.Dict, spaces.Box]:
+    """LIBERO's observation/action contract, shared by every backend: two RGB cameras, a 9-D
+    proprioceptive state (ee xyz, ee quat wxyz, 2 finger joints), the instruction; 7-D delta-EE action."""
+    image = spaces.Box(0, 255, (image_size, image_size, 3), np.uint8)
+    observation = spaces.Dict({
+        "agentview": image,
+        "wrist": image,
+        "state": spaces.Box(-np.inf, np.inf, (9,), np.float32),
+        "instruction": spaces.Text(INSTRUCTION_MAX, charset=INSTRUCTION_CHARSET),
+    })  # fmt: skip
+    return observation, spaces.Box(-1.0, 1.0, (7,), np.float32)
 MAX_QVEL = 1e3  # |qvel| beyond this counts as a physics blow-up
 _BAD_WARNINGS = (
     mujoco.mjtWarning.mjWARN_BADQACC,
@@ -153,14 +166,7 @@ class TabletopEnv(gym.Env):
         self._index_model()
 
         s = self.image_size
-        image = spaces.Box(0, 255, (s, s, 3), np.uint8)
-        self.observation_space = spaces.Dict({
-            "agentview": image,
-            "wrist": image,
-            "state": spaces.Box(-np.inf, np.inf, (9,), np.float32),
-            "instruction": spaces.Text(INSTRUCTION_MAX, charset=INSTRUCTION_CHARSET),
-        })  # fmt: skip
-        self.action_space = spaces.Box(-1.0, 1.0, (7,), np.float32)
+        self.observation_space, self.action_space = contract_spaces(s)
 
         self._renderer = CameraRenderer(self.model, s) if (self.render_cameras or segmentation) else None
         self._state_spec = mujoco.mjtState.mjSTATE_INTEGRATION
