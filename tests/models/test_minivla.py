@@ -156,3 +156,25 @@ def test_local_mean_decoding_interpolates_between_neighbouring_bins(policy):
         np.testing.assert_allclose(policy.decode_actions(logits)[0], (centers[100] + centers[101]) / 2, atol=1e-5)
     finally:
         policy.config.decode = "argmax"
+
+
+def test_mean_decoding_keeps_a_share_of_the_second_mode(policy):
+    """Where demonstrations are ambiguous (wait vs lift), the expectation moves toward the minority mode."""
+    logits = torch.full((1, 7, 256), -30.0)
+    logits[0, :, 128] = 2.0  # "wait": about 73% of the mass
+    logits[0, :, 250] = 1.0  # "lift": about 27%
+    centers = policy.action_tokenizer.centers
+    policy.config.decode = "mean"
+    try:
+        p = np.exp([2.0, 1.0]) / np.exp([2.0, 1.0]).sum()
+        np.testing.assert_allclose(policy.decode_actions(logits)[0], p[0] * centers[128] + p[1] * centers[250], atol=1e-4)
+    finally:
+        policy.config.decode = "argmax"
+    np.testing.assert_allclose(policy.decode_actions(logits)[0], centers[128], atol=1e-6)
+
+
+def test_an_unknown_decoding_is_refused():
+    from arrcoc_steer.models.minivla import MiniVLAConfig
+
+    with pytest.raises(ConfigError, match="local_mean"):
+        MiniVLAConfig(decode="sample")
