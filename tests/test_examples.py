@@ -38,3 +38,11 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
         assert (tmp_path / name).is_file(), name
     conditions = (tmp_path / "eval" / "results.csv").read_text()
     assert "random_fast_clamp4cal_s0" in conditions and "residual_direction_4" in conditions
+
+
+def test_closed_loop_vs_fixed_example_prints_the_comparison(tmp_path):
+    out = run("closed_loop_vs_fixed.py", "--seeds", "1", "--alphas", "0.5", "1.0", "--out", str(tmp_path), "--workers", "1")
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = {line.split()[0]: line for line in out.stdout.splitlines() if line[:1].isalnum()}
+    assert {"closed_loop", "fixed_alpha_0.5", "fixed_alpha_1"} <= set(lines)
+    assert "<- fixed alpha with the loop's mean effect" in out.stdout
