@@ -79,8 +79,13 @@ def modifier_table(results: dict) -> str:
     return "\n".join(lines)
 
 
+def sweep_command(yaml_name: str, results: dict) -> str:
+    """The command that produced ``results``: the YAML, and its seeds per task as run."""
+    return f"`arrcoc-steer sweep examples/sweeps/{yaml_name} --seeds {len(results['manifest']['seeds'])}`"
+
+
 def write_model_card(model: Path, train: Path, success: Path | None = None, modifiers: Path | None = None,
-                     latency: Path | None = None, rewired: bool = True) -> Path:  # fmt: skip
+                     latency: Path | None = None, rewired: bool = True, note: str | None = None) -> Path:  # fmt: skip
     cfg = json.loads((train / "train_config.json").read_text())
     log = [json.loads(line) for line in (train / "train_log.jsonl").read_text().splitlines()]
     last = log[-1]
@@ -103,14 +108,17 @@ def write_model_card(model: Path, train: Path, success: Path | None = None, modi
         f"{last['action_loss']:.3f}, held-out action loss {last.get('val_action_loss', float('nan')):.3f}, held-out "
         f"|error| xyz {last.get('val_l1_xyz', float('nan')):.4f} / gripper {last.get('val_l1_grip', float('nan')):.4f}, "
         f"{last['samples_per_s']:.1f} samples/s on the machine that trained it.",
+        *([f"Note: {note}"] if note else []),
         "![training curve](train_curve.png)",
     ]
     if success:
-        parts += ["## Success (closed loop, fresh seeds)", success_table(json.loads((success / "results.json").read_text())),
-                  f"Command: `arrcoc-steer sweep examples/sweeps/minivla_success.yaml` (run folder `{success}`)."]  # fmt: skip
+        results = json.loads((success / "results.json").read_text())
+        parts += ["## Success (closed loop, fresh seeds)", success_table(results),
+                  f"Command: {sweep_command('minivla_success.yaml', results)}."]  # fmt: skip
     if modifiers:
-        parts += ["## Behaviour modifiers", modifier_table(json.loads((modifiers / "results.json").read_text())),
-                  "Command: `arrcoc-steer sweep examples/sweeps/minivla_modifiers.yaml`."]  # fmt: skip
+        results = json.loads((modifiers / "results.json").read_text())
+        parts += ["## Behaviour modifiers", modifier_table(results),
+                  f"Command: {sweep_command('minivla_modifiers.yaml', results)}."]  # fmt: skip
     if latency:
         lat = json.loads(latency.read_text())
         parts += ["## Latency (batch 1, CPU)", "\n".join(f"- {k}: {v}" for k, v in lat.items()),
@@ -135,8 +143,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--modifiers", type=Path)
     p.add_argument("--latency", type=Path)
     p.add_argument("--no-rewired", dest="rewired", action="store_false")
+    p.add_argument("--note", help="provenance the run folder cannot show (e.g. a run resumed with other flags)")
     args = p.parse_args(argv)
-    print(write_model_card(args.model, args.train, args.success, args.modifiers, args.latency, args.rewired))
+    print(write_model_card(args.model, args.train, args.success, args.modifiers, args.latency, args.rewired, args.note))
     return 0
 
 

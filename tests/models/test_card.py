@@ -1,7 +1,7 @@
 import json
 
 from arrcoc_steer.eval import evaluate
-from arrcoc_steer.models.card import modifier_table, success_table
+from arrcoc_steer.models.card import modifier_table, success_table, sweep_command
 
 
 def test_card_tables_are_computed_from_a_sweep(tmp_path):
@@ -16,3 +16,4 @@ def test_card_tables_are_computed_from_a_sweep(tmp_path):
     speeds = {c: results["summary"][c]["tasks"]["all"]["speed_w"]["mean"] for c in ("prompt_quickly", "prompt_slowly")}
     assert abs(ratio - speeds["prompt_quickly"] / speeds["prompt_slowly"]) < 0.01
     assert ratio > 1.5  # the scripted expert obeys the modifiers
+    assert sweep_command("minivla_success.yaml", results).endswith("minivla_success.yaml --seeds 2`")  # as run
