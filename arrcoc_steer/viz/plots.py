@@ -74,12 +74,13 @@ def speed_over_time(run: Run, max_lines: int = 8):
     if not names:
         return None
     fig, ax = _figure()
-    horizon = min((min(len(s) for s in run.speeds(n)) for n in names if run.speeds(n)), default=0)
+    controls = [n for n in run.of_kind(CONTROL_KIND) if run.speeds(n)]
+    horizon = min((min(len(s) for s in run.speeds(n)) for n in names + controls if run.speeds(n)), default=0)
     if horizon < 2:
         plt.close(fig)
         return None
     t = np.arange(horizon)
-    controls = [np.mean([s[:horizon] for s in run.speeds(n)], 0) for n in run.of_kind(CONTROL_KIND) if run.speeds(n)]
+    controls = [np.mean([s[:horizon] for s in run.speeds(n)], 0) for n in controls]
     if controls:
         lo, hi = np.percentile(controls, [2.5, 97.5], axis=0)
         ax.fill_between(t, lo, hi, color="0.8", label=f"random controls (95% band, n={len(controls)})")
