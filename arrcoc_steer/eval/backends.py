@@ -307,7 +307,12 @@ def check_backend(name: str, workers: int | None = None, address: str | None = N
 
 def make_backend(name: str, policy: Any, *, workers: int | None = None, address: str | None = None,
                  env_kwargs: dict | None = None, threads: int = 1):
-    """The backend called ``name`` (:data:`BACKENDS`). ``local`` with one worker runs in-process."""
+    """The backend called ``name`` (:data:`BACKENDS`). ``local`` with one worker runs in-process.
+
+    Records are identical across backends at equal torch thread counts (pool and Ray workers use
+    ``threads``; the in-process backend keeps the caller's count, and a learned policy's float rounding,
+    hence its trajectories, can differ between thread counts).
+    """
     check_backend(name, workers, address)
     if name == "serial" or (name == "local" and workers == 1):
         return SerialBackend(policy, env_kwargs)
