@@ -195,9 +195,9 @@ class Trainer:
         allocations = sample_allocations(self.grid, len(rows), rng, self.cfg)
         target_bins = torch.from_numpy(self.model.action_tokenizer.to_bins(batch["action"])).to(self.device)
         counts = torch.from_numpy(batch["grounding"]).to(self.device) if "grounding" in batch else None
+        truth = true_pointer(counts, self.grid.n_cameras) if counts is not None else None
         teacher = None
-        if counts is not None and augment and self.cfg.teacher_forcing > 0:
-            truth = true_pointer(counts, self.grid.n_cameras)
+        if truth is not None and augment and self.cfg.teacher_forcing > 0:
             use = torch.from_numpy(rng.random(len(rows)) < self.cfg.teacher_forcing).to(self.device)
             teacher = (truth, use)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
@@ -209,7 +209,7 @@ class Trainer:
         loss = action_loss
         if counts is not None and self.cfg.grounding_weight > 0:
             g_loss = grounding_loss(out, counts)
-            p_loss = pointer_loss(out, true_pointer(counts, self.grid.n_cameras))
+            p_loss = pointer_loss(out, truth)
             loss = loss + self.cfg.grounding_weight * (g_loss + POINTER_WEIGHT * p_loss)
             stats.update(grounding_loss=g_loss.item(), pointer_l1=p_loss.item())
         pred = self.model.action_tokenizer.centers[out.action_logits.argmax(-1).cpu().numpy()]

@@ -370,9 +370,11 @@ class MiniVLA(nn.Module):
         top = logits.argmax(-1)  # (B, 7)
         if cfg.decode == "argmax":
             return self.action_tokenizer.decode(top.cpu().numpy() + cfg.action_first_id)
-        k = torch.arange(cfg.n_bins, device=logits.device)
-        near = (k - top[..., None]).abs() <= (cfg.decode_window if cfg.decode == "local_mean" else cfg.n_bins)
-        probs = logits.float().masked_fill(~near, float("-inf")).softmax(-1)
+        logits = logits.float()
+        if cfg.decode == "local_mean":
+            k = torch.arange(cfg.n_bins, device=logits.device)
+            logits = logits.masked_fill((k - top[..., None]).abs() > cfg.decode_window, float("-inf"))
+        probs = logits.softmax(-1)
         centers = torch.as_tensor(self.action_tokenizer.centers, dtype=torch.float32, device=logits.device)
         return (probs @ centers).cpu().numpy().astype(np.float32)
 

@@ -74,18 +74,19 @@ def speed_over_time(run: Run, max_lines: int = 8):
     if not names:
         return None
     fig, ax = _figure()
-    controls = [n for n in run.of_kind(CONTROL_KIND) if run.speeds(n)]
-    horizon = min((min(len(s) for s in run.speeds(n)) for n in names + controls if run.speeds(n)), default=0)
+    speeds = {n: run.speeds(n) for n in names + run.of_kind(CONTROL_KIND)}  # each read from disk once
+    speeds = {n: s for n, s in speeds.items() if s}
+    horizon = min((min(len(x) for x in s) for s in speeds.values()), default=0)
     if horizon < 2:
         plt.close(fig)
         return None
     t = np.arange(horizon)
-    controls = [np.mean([s[:horizon] for s in run.speeds(n)], 0) for n in controls]
+    controls = [np.mean([x[:horizon] for x in s], 0) for n, s in speeds.items() if n not in names]
     if controls:
         lo, hi = np.percentile(controls, [2.5, 97.5], axis=0)
         ax.fill_between(t, lo, hi, color="0.8", label=f"random controls (95% band, n={len(controls)})")
-    for n in names:
-        runs = np.array([s[:horizon] for s in run.speeds(n)])
+    for n in (n for n in names if n in speeds):
+        runs = np.array([x[:horizon] for x in speeds[n]])
         mean, sem = runs.mean(0), runs.std(0) / np.sqrt(len(runs))
         ax.plot(t, mean, lw=2 if n == run.baseline else 1.4, label=n)
         ax.fill_between(t, mean - sem, mean + sem, alpha=0.2)
