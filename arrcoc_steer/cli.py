@@ -71,6 +71,8 @@ def _setup_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--seed", type=int, default=0, help="base seed (default: %(default)s)")
     p.add_argument("--modifiers", choices=("random", "none"), default="random", help="behaviour modifiers per episode")
     p.add_argument("--image-size", type=int, default=128, help="camera image side in pixels")
+    p.add_argument("--noise", type=float, default=0.0,
+                   help="DART: correlated noise on the executed, not the recorded, translation (action units, e.g. 0.3)")
 
 
 @command("collect", "write scripted-expert demonstrations (safetensors, resumable)", _setup_collect)
@@ -79,7 +81,8 @@ def cmd_collect(args: argparse.Namespace) -> int:
     from envs.dataset import collect
 
     tasks = args.tasks or envs.list_tasks(args.suite)
-    index = collect(tasks, args.episodes, args.out, seed=args.seed, modifiers=args.modifiers, image_size=args.image_size)
+    index = collect(tasks, args.episodes, args.out, seed=args.seed, modifiers=args.modifiers, image_size=args.image_size,
+                    noise=args.noise)  # fmt: skip
     print(f"{len(index.get('episodes', []))} episodes in {args.out}")
     return 0
 

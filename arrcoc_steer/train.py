@@ -55,6 +55,7 @@ class TrainConfig:
     checkpoint_every: int = option(250, 'steps between resumable checkpoints')
     log_every: int = option(50, 'steps between log records (train_log.jsonl)')
     resume: bool = option(True, 'continue from out/checkpoint when it exists')
+    init: str = option("", 'start from the weights of this saved model (fine-tuning, e.g. on new demos); "" = fresh')
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -150,7 +151,10 @@ class Trainer:
         self.device = pick_device(cfg.device)
         torch.manual_seed(cfg.seed)
         self.rng = np.random.default_rng(cfg.seed)
-        self.model = MiniVLA(model_config).to(self.device).train()
+        if cfg.init:  # fine-tune: weights and architecture from the saved model, a fresh optimizer
+            self.model = MiniVLA.from_pretrained(cfg.init, self.device).train()
+        else:
+            self.model = MiniVLA(model_config).to(self.device).train()
         # Plain (eager) attention trains ~20% faster on CPU at these short sequences: the bf16 backward
         # of PyTorch's CPU flash-attention kernel costs three times a matmul-softmax-matmul.
         self.model.backbone.set_attn_implementation("eager")

@@ -50,13 +50,25 @@ def episode_seed(seed: int, task: str, index: int, attempt: int = 0) -> int:
     return int(ss.generate_state(1, np.uint32)[0])
 
 
-def _record_episode(env, ep_seed: int, modifiers, image_size: int) -> tuple[dict, dict]:
-    """Run the expert once; return (arrays, metadata)."""
+NOISE_CORRELATION = 0.7  # AR(1) coefficient of the executed-action noise: drifts that last a few steps
+QUIET_PHASES = ("grasp", "release")  # the fingers are closing or opening: noise there only loses the block
+
+
+def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float = 0.0) -> tuple[dict, dict]:
+    """Run the expert once; return (arrays, metadata).
+
+    With ``noise`` > 0 the env executes the expert's translation plus temporally correlated Gaussian
+    noise (stationary std ``noise`` action units) while the file records the expert's clean action
+    (DART, Laskey et al. 2017): the demos then visit the off-course states a cloned policy drifts
+    into, each labelled with the correction back.
+    """
     from .expert import ScriptedExpert
     from .grounding import grounding_cells
 
     obs, info = env.reset(seed=ep_seed, options={"modifiers": modifiers})
     expert = ScriptedExpert(env)
+    rng = np.random.default_rng([ep_seed, 1])
+    drift = np.zeros(3)
     frames: dict[str, list] = {k: [] for k in (*ARRAYS, "grounding")}
     terminated = truncated = False
     while not (terminated or truncated):
@@ -65,7 +77,13 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int) -> tuple[dict
             frames[k].append(obs[k])
         frames["action"].append(action)
         frames["grounding"].append(np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")]))
-        obs, reward, terminated, truncated, info = env.step(action)
+        executed = action
+        if noise > 0 and expert.phase not in QUIET_PHASES:
+            innovation = rng.normal(0.0, noise * np.sqrt(1 - NOISE_CORRELATION**2), 3)
+            drift = NOISE_CORRELATION * drift + innovation
+            executed = action.copy()
+            executed[:3] = np.clip(action[:3] + drift, -1.0, 1.0)
+        obs, reward, terminated, truncated, info = env.step(executed)
     arrays = {k: np.ascontiguousarray(np.stack(v)) for k, v in frames.items()}
     u = env.unwrapped
     meta = {
@@ -78,6 +96,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int) -> tuple[dict
         "success": bool(info["success"]),
         "length": int(arrays["action"].shape[0]),
         "image_size": image_size,
+        "noise": noise,
     }
     return arrays, meta
 
@@ -109,6 +128,7 @@ def collect(
     keep_failures: bool = False,
     max_attempts: int = 5,
     progress: bool = True,
+    noise: float = 0.0,
 ) -> dict:
     """Write ``episodes_per_task`` expert demos of each task to ``out_dir``; return the index.
 
@@ -122,6 +142,8 @@ def collect(
         keep_failures: also keep episodes the expert failed (default: retry with the next seed).
         max_attempts: attempts per episode before giving up (recorded under ``failed`` in the index).
         progress: show a tqdm progress bar.
+        noise: std of the correlated noise added to the executed (not the recorded) translation, in
+            action units (0.3 = 9 mm per step); 0 records the expert's own states.
     """
     import envs
     from tqdm.auto import tqdm
@@ -130,6 +152,8 @@ def collect(
 
     if modifiers not in ("random", "none"):
         raise ConfigError(f"modifiers must be 'random' or 'none', got {modifiers!r}")
+    if not 0 <= noise <= 1:
+        raise ConfigError(f"noise must be in [0, 1] action units, got {noise}")
     if episodes_per_task < 0 or max_attempts < 1:
         raise ConfigError(f"need episodes_per_task >= 0 and max_attempts >= 1, got {episodes_per_task}, {max_attempts}")
     specs = [envs.get_task(t) for t in tasks]  # validates names before any work
@@ -147,20 +171,20 @@ def collect(
                 path = out / spec.name / f"episode_{i:05d}.safetensors"
                 if not path.exists():
                     failed += _collect_one(env, spec.name, i, path, seed, modifiers, image_size,
-                                           keep_failures, max_attempts, Modifiers)  # fmt: skip
+                                           keep_failures, max_attempts, Modifiers, noise)  # fmt: skip
                 bar.update()
         finally:
             env.close()
     bar.close()
-    return write_index(out, failed, {"seed": seed, "modifiers": modifiers, "image_size": image_size})
+    return write_index(out, failed, {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise})
 
 
-def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers) -> list:
+def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers, noise) -> list:
     failed_seeds = []
     for attempt in range(max_attempts):
         s = episode_seed(seed, task, i, attempt)
         mods = Modifiers.sample(np.random.default_rng(s)) if modifiers == "random" else Modifiers()
-        arrays, meta = _record_episode(env, s, mods, image_size)
+        arrays, meta = _record_episode(env, s, mods, image_size, noise)
         if meta["success"] or keep_failures:
             meta.update(index=i, attempt=attempt, failed_seeds=failed_seeds)
             _write_atomic(path, arrays, meta)
@@ -275,9 +299,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--seed", type=int, default=0)
     p.add_argument("--modifiers", choices=("random", "none"), default="random")
     p.add_argument("--image-size", type=int, default=128)
+    p.add_argument("--noise", type=float, default=0.0, help="DART noise on the executed translation (action units)")
     args = p.parse_args(argv)
     tasks = args.tasks or [t for s in (args.suites or list(envs.SUITES)) for t in envs.list_tasks(s)]
-    index = collect(tasks, args.episodes, args.out_dir, args.seed, args.modifiers, args.image_size)
+    index = collect(tasks, args.episodes, args.out_dir, args.seed, args.modifiers, args.image_size, noise=args.noise)
     print(f"{len(index['episodes'])} episodes, {index['total_steps']} steps, {len(index['failed'])} failed -> {args.out_dir}")
     return 0
 

@@ -93,8 +93,8 @@ def test_failures_are_retried_and_recorded(tmp_path, monkeypatch):
     real = dataset._record_episode
     calls = []
 
-    def flaky(env, seed, modifiers, image_size):
-        arrays, meta = real(env, seed, modifiers, image_size)
+    def flaky(env, seed, modifiers, image_size, noise):
+        arrays, meta = real(env, seed, modifiers, image_size, noise)
         calls.append(seed)
         if len(calls) == 1:
             meta["success"] = False  # pretend the first attempt failed
@@ -107,11 +107,37 @@ def test_failures_are_retried_and_recorded(tmp_path, monkeypatch):
     assert meta["modifiers"] == {"speed": "normal", "height": "normal", "care": False}
 
 
+def test_dart_noise_moves_the_states_but_records_the_experts_clean_actions(tmp_path):
+    import envs
+    from envs.expert import SPEED_SCALE
+
+    index = collect(["LiftRedBlock"], 1, tmp_path, seed=0, image_size=16, progress=False, modifiers="none", noise=0.2)
+    assert index["config"]["noise"] == 0.2
+    ep = DemoDataset(tmp_path)[0]
+    assert ep.meta["noise"] == 0.2 and ep.meta["success"]
+    # the expert never commands more than its speed; noisy commands would (norm 0.6 + N(0, 0.2^2) per axis)
+    assert np.linalg.norm(ep["action"][:, :3], axis=1).max() <= SPEED_SCALE["normal"] + 1e-5
+    # replaying the recorded (clean) actions leaves the recorded (noisy) path: the env executed others
+    env = envs.make("LiftRedBlock", image_size=16)
+    try:
+        obs, _ = env.reset(seed=ep.meta["seed"], options={"modifiers": ep.meta["modifiers"]})
+        replayed = [obs["state"]]
+        for a in ep["action"][:-1]:
+            obs, *_ = env.step(a)
+            replayed.append(obs["state"])
+    finally:
+        env.close()
+    gap = np.abs(np.array(replayed)[:, :3] - ep["state"][:, :3]).max()
+    assert gap > 0.005  # metres
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="modifiers"):
         collect(["LiftRedBlock"], 1, tmp_path, modifiers="some")
     with pytest.raises(UnknownNameError):
         collect(["LiftBlock"], 1, tmp_path)
+    with pytest.raises(ConfigError, match="noise"):
+        collect(["LiftRedBlock"], 1, tmp_path, noise=-0.1)
     with pytest.raises(ConfigError, match="does not exist"):
         DemoDataset(tmp_path / "missing")
     assert not os.listdir(tmp_path)  # nothing written before validation

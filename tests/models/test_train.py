@@ -34,6 +34,20 @@ def test_resumed_run_equals_an_uninterrupted_run(tmp_path):
     assert (tmp_path / "a" / "train_curve.png").stat().st_size > 1000
 
 
+def test_init_fine_tunes_from_a_saved_model(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=4)
+    base = Trainer(small_config(tmp_path, out=str(tmp_path / "base"), steps=2)).run()
+    saved = load_file(base / "model.safetensors")
+    tuned = Trainer(small_config(tmp_path, out=str(tmp_path / "tuned"), steps=2, init=str(base)))
+    start = tuned.model.trainable_state_dict()
+    for k in saved:  # starts from the saved weights, not a fresh initialisation
+        torch.testing.assert_close(start[k].float(), saved[k].float(), msg=k)
+    tuned.run()
+    after = load_file(tmp_path / "tuned" / "model" / "model.safetensors")
+    assert any(not torch.equal(after[k], saved[k]) for k in saved)  # and trains on
+    assert tuned.model.config.extra["train_config"]["init"] == str(base)
+
+
 def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
     write_fake_episodes(tmp_path / "demos", n=2, length=4)
     trainer = Trainer(small_config(tmp_path, lr=3e-3, warmup=1, shift_px=0, bf16=False))
