@@ -56,12 +56,6 @@ def main() -> None:
     n = len(args.tasks) * 2 * args.episodes
     print(f"{n} episodes per run ({len(args.tasks)} tasks x 2 conditions x {args.episodes} seeds), "
           f"policy={args.policy}, render={args.render or args.policy != 'expert'}, cpus={os.cpu_count()}")
-    if args.policy != "expert":
-        # Each pool worker runs torch on 1 thread; so does the in-process baseline, because a different
-        # thread count changes float rounding, and a learned policy's trajectories diverge from it.
-        import torch
-
-        torch.set_num_threads(1)
     rates: dict[int, list[float]] = {1: [], args.workers: []}
     for rep in range(args.repeats):
         seeds = list(range(2_000_000 + rep * args.episodes, 2_000_000 + (rep + 1) * args.episodes))

@@ -5,7 +5,8 @@ Every backend runs :class:`Job` s through a :class:`Runner` -- one per worker, h
 :class:`~arrcoc_steer.eval.rollout.EpisodeRecord` per job, in completion order. A job whose worker
 raised (outside the policy) or died comes back as a ``crashed`` record with the reason; the sweep
 retries it. The same job gives the same record on every backend: the env, the global RNGs and the
-policy are seeded from the job alone, and pool / Ray workers run torch with one thread each.
+policy are seeded from the job alone, and every backend runs torch with the same thread count
+(``threads``, default one; a learned policy's float rounding, hence its path, depends on it).
 
 =========  ================================================================================
 backend    runs
@@ -26,6 +27,7 @@ import sys
 import traceback
 from collections import deque
 from collections.abc import Iterable, Iterator
+from contextlib import contextmanager
 from dataclasses import dataclass
 from typing import Any
 
@@ -96,18 +98,36 @@ def _limit_threads(threads: int) -> None:
         sys.modules["torch"].set_num_threads(threads)
 
 
+@contextmanager
+def _torch_threads(threads: int | None):
+    """Run the block with torch on ``threads`` threads (None: unchanged), then restore the caller's."""
+    torch = sys.modules.get("torch")
+    if threads is None or torch is None:
+        yield
+        return
+    before = torch.get_num_threads()
+    torch.set_num_threads(threads)
+    try:
+        yield
+    finally:
+        torch.set_num_threads(before)
+
+
 # ---------------------------------------------------------------------------------- serial
 class SerialBackend:
-    """Run jobs one after another in this process."""
+    """Run jobs one after another in this process, torch on ``threads`` threads (None: the caller's)."""
 
     name, workers = "serial", 1
 
-    def __init__(self, policy: Any, env_kwargs: dict | None = None):
+    def __init__(self, policy: Any, env_kwargs: dict | None = None, threads: int | None = None):
         self.runner = Runner(policy, env_kwargs)
+        self.threads = threads
 
     def run(self, jobs: Iterable[Job]) -> Iterator[EpisodeRecord]:
         for job in jobs:
-            yield self.runner(job)
+            with _torch_threads(self.threads):
+                record = self.runner(job)
+            yield record
 
     def close(self) -> None:
         self.runner.close()
@@ -309,13 +329,12 @@ def make_backend(name: str, policy: Any, *, workers: int | None = None, address:
                  env_kwargs: dict | None = None, threads: int = 1):
     """The backend called ``name`` (:data:`BACKENDS`). ``local`` with one worker runs in-process.
 
-    Records are identical across backends at equal torch thread counts (pool and Ray workers use
-    ``threads``; the in-process backend keeps the caller's count, and a learned policy's float rounding,
-    hence its trajectories, can differ between thread counts).
+    Every backend runs torch on ``threads`` threads per worker, so the same jobs give identical records
+    on each of them, also for a learned policy (whose float rounding depends on the thread count).
     """
     check_backend(name, workers, address)
     if name == "serial" or (name == "local" and workers == 1):
-        return SerialBackend(policy, env_kwargs)
+        return SerialBackend(policy, env_kwargs, threads)
     if name == "local":
         return LocalBackend(policy, workers, env_kwargs, threads)
     return RayBackend(policy, workers, address, env_kwargs, threads)

@@ -95,3 +95,22 @@ def test_ray_gives_the_same_records(tmp_path, serial_run):
     finally:
         ray.shutdown()
     assert_same(serial_run, snapshot(tmp_path))
+
+
+def test_the_in_process_backend_runs_torch_on_the_asked_threads_and_restores_them(tmp_path):
+    import torch
+
+    seen = []
+
+    def policy(obs, instruction):
+        seen.append(torch.get_num_threads())
+        return np.zeros(7)
+
+    caller = torch.get_num_threads()
+    torch.set_num_threads(2)
+    try:
+        evaluate(policy, ["LiftRedBlock"], seeds=1, out_dir=tmp_path, workers=1, max_steps=2, progress=False)
+        assert seen and set(seen) == {1}  # like each pool or Ray worker, so records compare equal
+        assert torch.get_num_threads() == 2
+    finally:
+        torch.set_num_threads(caller)
