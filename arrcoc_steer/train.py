@@ -282,13 +282,22 @@ class Trainer:
         return self.out / "model"
 
 
-def plot_training_curve(log_path: Path, png_path: Path) -> None:
+def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
+    """Loss and held-out action error against step; several logs (training stages, each fine-tuning
+    the previous one's model) are drawn end to end, with a line where each new stage starts."""
     import matplotlib
 
     matplotlib.use("Agg")
     import matplotlib.pyplot as plt
 
-    recs = [json.loads(line) for line in open(log_path)]
+    logs = [logs] if isinstance(logs, (str, Path)) else list(logs)
+    recs, starts, offset = [], [], 0
+    for log_path in logs:
+        stage = [json.loads(line) for line in open(log_path)]
+        if recs:
+            starts.append(offset)
+        recs += [{**r, "step": r["step"] + offset} for r in stage]
+        offset += stage[-1]["step"] if stage else 0
     steps = [r["step"] for r in recs]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
     axes[0].plot(steps, [r["loss"] for r in recs], label="train")
@@ -299,8 +308,12 @@ def plot_training_curve(log_path: Path, png_path: Path) -> None:
     axes[1].plot(steps, [r.get("val_l1_grip", r["l1_grip"]) for r in recs], label="gripper")
     axes[1].set(xlabel="step", ylabel="mean |error| (action units)", title="held-out action error", yscale="log")
     for ax in axes:
+        for x in starts:
+            ax.axvline(x, color="grey", linestyle=":", linewidth=1)
         ax.legend()
         ax.grid(alpha=0.3)
+    if starts:
+        axes[0].set_title("loss (dotted: a fine-tuning stage starts)")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

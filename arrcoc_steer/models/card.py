@@ -1,10 +1,10 @@
 """MiniVLA's model card, written from measurements on disk (nothing in it is typed by hand).
 
     python -m arrcoc_steer.models.card --model arrcoc_steer/checkpoints/minivla \\
-        --train runs/minivla --success runs/minivla_success --modifiers runs/minivla_modifiers \\
+        --train runs/minivla runs/minivla_ft --success runs/minivla_success --modifiers runs/minivla_modifiers \\
         --latency runs/latency.json
 
-Sources: the training run folder (``train_config.json``, ``train_log.jsonl``, ``train_curve.png``),
+Sources: the training run folders, one per stage (``train_config.json``, ``train_log.jsonl``),
 the sweeps of ``examples/sweeps/minivla_success.yaml`` and ``minivla_modifiers.yaml`` (their
 ``results.json``), ``benchmarks/bench_policy.py --json`` output, and the neuron atlases of the base
 MiniLM and of the trained policy (the rewired fraction, computed here).
@@ -14,7 +14,6 @@ from __future__ import annotations
 
 import argparse
 import json
-import shutil
 from pathlib import Path
 
 
@@ -84,30 +83,67 @@ def sweep_command(yaml_name: str, results: dict) -> str:
     return f"`arrcoc-steer sweep examples/sweeps/{yaml_name} --seeds {len(results['manifest']['seeds'])}`"
 
 
-def write_model_card(model: Path, train: Path, success: Path | None = None, modifiers: Path | None = None,
+STAGE_FLAGS_SKIPPED = ("data", "out", "init", "device", "resume", "checkpoint_every", "log_every")
+
+
+def collect_command(dataset: Path) -> str:
+    """The ``arrcoc-steer collect`` call that wrote ``dataset`` (from its index.json)."""
+    index = json.loads((dataset / "index.json").read_text()) if (dataset / "index.json").is_file() else {}
+    cfg, eps = index.get("config", {}), index.get("episodes", [])
+    per_task = max((sum(e["task"] == t for e in eps) for t in {e["task"] for e in eps}), default="?")
+    flags = f" --seed {cfg['seed']}" if cfg.get("seed") else ""
+    flags += f" --noise {cfg['noise']}" if cfg.get("noise") else ""
+    return f"`arrcoc-steer collect --episodes {per_task}{flags} --out data/{dataset.name}` ({len(eps)} episodes)"
+
+
+def stage_command(cfg: dict, run: Path, previous: Path | None) -> str:
+    """The ``arrcoc-steer train`` call of one stage: its data, its parent model, its non-default flags."""
+    from ..train import TrainConfig
+
+    defaults = TrainConfig()
+    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
+                     if k not in STAGE_FLAGS_SKIPPED and v != getattr(defaults, k, None))  # fmt: skip
+    data = " ".join(f"data/{Path(d).name}" for d in cfg["data"])
+    init = f" --init runs/{previous.name}/model" if previous is not None else ""
+    return f"`arrcoc-steer train --data {data}{init} {flags} --out runs/{run.name}`"
+
+
+def write_model_card(model: Path, train: list[Path], success: Path | None = None, modifiers: Path | None = None,
                      latency: Path | None = None, rewired: bool = True, note: str | None = None) -> Path:  # fmt: skip
-    cfg = json.loads((train / "train_config.json").read_text())
-    log = [json.loads(line) for line in (train / "train_log.jsonl").read_text().splitlines()]
-    last = log[-1]
-    shutil.copy(train / "train_curve.png", model / "train_curve.png")
+    """Write ``model/MODEL_CARD.md``. ``train``: the run folders of the stages that made the model, in
+    order (a fresh run, then each fine-tuning run that started from the previous one's model)."""
+    from ..train import plot_training_curve
+
+    train = [Path(t) for t in ([train] if isinstance(train, (str, Path)) else train)]
+    configs = [json.loads((t / "train_config.json").read_text()) for t in train]
+    logs = [[json.loads(line) for line in (t / "train_log.jsonl").read_text().splitlines()] for t in train]
+    plot_training_curve([t / "train_log.jsonl" for t in train], model / "train_curve.png")
     extra = json.loads((model / "config.json").read_text()).get("extra", {})
-    flags = " ".join(f"--{k.replace('_', '-')} {' '.join(map(str, v)) if isinstance(v, list) else v}"
-                     for k, v in cfg.items() if k in ("steps", "batch_size", "lr", "seed"))  # fmt: skip
+    datasets = list(dict.fromkeys(Path(d) for c in configs for d in c["data"]))
+    stages = []
+    for i, (t, cfg, log) in enumerate(zip(train, configs, logs)):
+        last = log[-1]
+        minutes = last["step"] * cfg["batch_size"] / last["samples_per_s"] / 60
+        stages.append(
+            f"{i + 1}. {stage_command(cfg, t, train[i - 1] if i else None)}: step {last['step']}, action loss "
+            f"{last['action_loss']:.3f}, held-out action loss {last.get('val_action_loss', float('nan')):.3f}, held-out "
+            f"|error| xyz {last.get('val_l1_xyz', float('nan')):.4f} / gripper {last.get('val_l1_grip', float('nan')):.4f}; "
+            f"{last['samples_per_s']:.1f} samples/s, about {minutes:.0f} min on the machine that trained it."
+        )  # fmt: skip
     parts = [
         "# MiniVLA — model card",
         "The default policy of arrcoc_steer: the pretrained all-MiniLM-L6-v2 backbone (frozen; LoRA on attention "
         "and the FFN input side), a CNN region encoder giving 64–400 visual tokens per step, and 7 action tokens on "
         "`[unused0]`..`[unused255]` read through a head tied to the word embeddings.",
         "## Data",
-        f"Scripted-expert demonstrations of the 15 tasks of `envs` (`arrcoc-steer collect --episodes 50`): "
-        f"{extra.get('episodes', '?')} episodes, {extra.get('frames', '?')} frames, random behaviour modifiers "
-        "(speed, height, care) in the instructions, segmentation-derived grounding labels.",
+        "Scripted-expert demonstrations of the 15 tasks of `envs`, random behaviour modifiers (speed, height, care) "
+        "in the instructions, segmentation-derived grounding labels: "
+        + "; ".join(collect_command(d) for d in datasets)
+        + f". The last stage trained on {extra.get('episodes', '?')} episodes, {extra.get('frames', '?')} frames. "
+        "`--noise` runs (DART) execute the expert's translation plus correlated noise and record its clean action.",
         "## Training",
-        f"`arrcoc-steer train --data data/demos {flags}` (all other flags at their defaults; "
-        f"`train_config.json` in the run folder has every value). Final record: step {last['step']}, action loss "
-        f"{last['action_loss']:.3f}, held-out action loss {last.get('val_action_loss', float('nan')):.3f}, held-out "
-        f"|error| xyz {last.get('val_l1_xyz', float('nan')):.4f} / gripper {last.get('val_l1_grip', float('nan')):.4f}, "
-        f"{last['samples_per_s']:.1f} samples/s on the machine that trained it.",
+        "\n".join(stages),
+        "All other flags at their defaults; each run folder's `train_config.json` has every value.",
         *([f"Note: {note}"] if note else []),
         "![training curve](train_curve.png)",
     ]
@@ -138,7 +174,8 @@ def write_model_card(model: Path, train: Path, success: Path | None = None, modi
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--model", type=Path, required=True)
-    p.add_argument("--train", type=Path, required=True)
+    p.add_argument("--train", type=Path, nargs="+", required=True,
+                   help="run folders of the training stages, in order (fresh run first, then fine-tunes)")
     p.add_argument("--success", type=Path)
     p.add_argument("--modifiers", type=Path)
     p.add_argument("--latency", type=Path)

@@ -17,3 +17,34 @@ def test_card_tables_are_computed_from_a_sweep(tmp_path):
     assert abs(ratio - speeds["prompt_quickly"] / speeds["prompt_slowly"]) < 0.01
     assert ratio > 1.5  # the scripted expert obeys the modifiers
     assert sweep_command("minivla_success.yaml", results).endswith("minivla_success.yaml --seeds 2`")  # as run
+
+
+def test_card_describes_each_training_stage_and_its_data(tmp_path):
+    from arrcoc_steer.models.card import write_model_card
+
+    def run(name, data, **cfg):
+        folder = tmp_path / "runs" / name
+        folder.mkdir(parents=True)
+        (folder / "train_config.json").write_text(json.dumps({"data": data, "out": str(folder), "batch_size": 64, **cfg}))
+        recs = [{"step": s, "loss": 3.0 - s / 1000, "l1_xyz": 0.1, "l1_grip": 0.01, "action_loss": 2.5,
+                 "samples_per_s": 16.0} for s in (50, 100)]  # fmt: skip
+        (folder / "train_log.jsonl").write_text("\n".join(map(json.dumps, recs)))
+        return folder
+
+    for name, noise in (("demos", 0.0), ("demos_dart", 0.2)):
+        (tmp_path / name).mkdir()
+        eps = [{"task": t, "length": 9} for t in ("LiftRedBlock", "PutRedBlockInTray") for _ in range(3)]
+        (tmp_path / name / "index.json").write_text(json.dumps({"config": {"seed": int(noise > 0), "noise": noise}, "episodes": eps}))
+    base = run("minivla", [str(tmp_path / "demos")], steps=100, lr=0.0008)
+    tuned = run("minivla_ft", [str(tmp_path / "demos"), str(tmp_path / "demos_dart")], steps=100, lr=0.0004,
+                init=str(base / "model"))  # fmt: skip
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"extra": {"episodes": 12, "frames": 108}}))
+    card = write_model_card(model, [base, tuned], rewired=False).read_text()
+    assert "`arrcoc-steer collect --episodes 3 --out data/demos` (6 episodes)" in card
+    assert "`arrcoc-steer collect --episodes 3 --seed 1 --noise 0.2 --out data/demos_dart`" in card
+    assert "1. `arrcoc-steer train --data data/demos --steps 100 --out runs/minivla`" in card  # lr is the default
+    assert "2. `arrcoc-steer train --data data/demos data/demos_dart --init runs/minivla/model --steps 100 --lr 0.0004" in card
+    assert "about 7 min" in card  # 100 steps x 64 frames at 16 frames/s
+    assert (model / "train_curve.png").stat().st_size > 1000
