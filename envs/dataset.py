@@ -12,7 +12,7 @@ plus ``grounding`` (T, 2 * cells, 5) uint8, the task-relative class counts per 8
 both cameras (:mod:`envs.grounding`; privileged labels for training and analysis),
 and, in the safetensors header metadata under the key ``"episode"``, a JSON string with ``task``,
 ``suite``, ``instruction``, ``modifiers``, ``seed``, ``attempt``, ``failed_seeds``, ``success``,
-``length``, ``image_size``, ``format``. No pickle anywhere.
+``length``, ``image_size``, ``noise`` (DART, see :func:`collect`), ``format``. No pickle anywhere.
 
 Collection is deterministic (episode seed = f(seed, task, index, attempt); modifiers and paraphrase
 are drawn from it), resumable (files are written to a temporary name and renamed; finished episodes
