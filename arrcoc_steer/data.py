@@ -94,6 +94,13 @@ class FrameDataset:
     def __len__(self) -> int:
         return len(self.index)
 
+    def split(self, holdout_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+        """(train rows, held-out rows): whole episodes held out, drawn from ``seed`` (training's and
+        the gripper calibration's held-out frames are the same)."""
+        held = np.random.default_rng(seed).random(len(self.episodes)) < holdout_frac
+        is_val = held[self.index[:, 0]]
+        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
+
     def batch(self, rows: np.ndarray) -> dict:
         """Frames at ``rows`` of the index -> stacked numpy arrays + instructions."""
         keys = FRAME_KEYS + ((GROUNDING_KEY,) if self.has_grounding else ())

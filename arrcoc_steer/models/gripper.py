@@ -1,0 +1,91 @@
+"""Calibrate MiniVLA's release decision on held-out demonstration frames.
+
+Releasing is the rarest decision in the demos (one "open" frame per placement among near-identical
+lowering frames that say "close"), so a trained policy puts P(open) ~ 0.15 on it, never a majority.
+This finds the P(open) threshold at which a hand whose fingers are closed should open: the one with
+the best balanced accuracy (mean of the hit rates on "open" and on "close" frames) over the held-out
+episodes of the training run, and writes it to the checkpoint's config as ``release_threshold``.
+
+    python -m arrcoc_steer.models.gripper --model runs/minivla_ft/model --data data/demos data/demos_dart
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+from pathlib import Path
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from ..data import FrameDataset
+from .minivla import CONFIG_NAME, FINGERS, FINGERS_CLOSED, GRIPPER_DIM, MiniVLA
+
+
+@torch.no_grad()
+def release_scores(model: MiniVLA, data: FrameDataset, rows: np.ndarray, budget: int = 100,
+                   batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """For the frames at ``rows`` whose fingers are closed: (P(open) the policy gives, label is open)."""
+    state = np.stack([data.episodes[e].arrays["state"][t] for e, t in data.index[rows]])
+    rows = rows[state[:, FINGERS].mean(-1) < FINGERS_CLOSED]
+    centers = torch.as_tensor(model.action_tokenizer.centers)
+    model.eval()
+    p_open, is_open = [], []
+    for i in tqdm(range(0, len(rows), batch_size), desc="release scores", disable=not progress):
+        b = data.batch(rows[i : i + batch_size])
+        images = {c: torch.from_numpy(b[c]).to(model.device) for c in ("agentview", "wrist")}
+        ids, mask = model.tokenize(b["instruction"])
+        alloc = np.stack([model.region_grid.uniform(budget)] * len(b["state"]))
+        logits = model(images, torch.from_numpy(b["state"]).to(model.device), ids, mask, alloc).action_logits
+        probs = logits[:, GRIPPER_DIM].float().softmax(-1).cpu()
+        p_open.append(probs[:, centers < 0].sum(-1).numpy())
+        is_open.append(b["action"][:, GRIPPER_DIM] < 0)
+    return np.concatenate(p_open), np.concatenate(is_open)
+
+
+def best_threshold(p_open: np.ndarray, is_open: np.ndarray) -> dict:
+    """The threshold (on a 0.01 grid) that maximises balanced accuracy, with its hit rates."""
+    if is_open.all() or not is_open.any():
+        raise ValueError("need held-out frames of both kinds (open and close) to calibrate a threshold")
+    best = None
+    for t in np.round(np.arange(0.01, 1.0, 0.01), 2):
+        opens = p_open > t
+        tpr, tnr = opens[is_open].mean(), (~opens[~is_open]).mean()
+        if best is None or (tpr + tnr) / 2 > best["balanced_accuracy"]:
+            best = {"threshold": float(t), "balanced_accuracy": float((tpr + tnr) / 2), "open_hit": float(tpr), "close_hit": float(tnr)}
+    return {**best, "frames_open": int(is_open.sum()), "frames_close": int((~is_open).sum())}
+
+
+def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None = None, seed: int | None = None,
+              write: bool = True, progress: bool = True) -> dict:  # fmt: skip
+    """Calibrate on the training run's held-out episodes (its holdout_frac and seed, from the config's
+    provenance, unless given) and, with ``write``, store the threshold in ``model_dir/config.json``."""
+    model_dir = Path(model_dir)
+    model = MiniVLA.from_pretrained(model_dir)
+    train_cfg = model.config.extra.get("train_config", {})
+    holdout_frac = train_cfg.get("holdout_frac", 0.05) if holdout_frac is None else holdout_frac
+    seed = train_cfg.get("seed", 0) if seed is None else seed
+    frames = FrameDataset(data)
+    _, held = frames.split(holdout_frac, seed + 1)
+    result = best_threshold(*release_scores(model, frames, held, progress=progress))
+    if write:
+        cfg = json.loads((model_dir / CONFIG_NAME).read_text())
+        cfg["release_threshold"] = result["threshold"]
+        (model_dir / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
+    return result
+
+
+def main(argv: list[str] | None = None) -> int:
+    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    p.add_argument("--model", required=True, help="checkpoint directory (its config.json is updated)")
+    p.add_argument("--data", nargs="+", required=True, help="the dataset directories the model was trained on")
+    p.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
+    args = p.parse_args(argv)
+    result = calibrate(args.model, args.data, write=not args.dry_run)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
