@@ -118,7 +118,8 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
     configs = [json.loads((t / "train_config.json").read_text()) for t in train]
     logs = [[json.loads(line) for line in (t / "train_log.jsonl").read_text().splitlines()] for t in train]
     plot_training_curve([t / "train_log.jsonl" for t in train], model / "train_curve.png")
-    extra = json.loads((model / "config.json").read_text()).get("extra", {})
+    config = json.loads((model / "config.json").read_text())
+    extra = config.get("extra", {})
     datasets = list(dict.fromkeys(Path(d) for c in configs for d in c["data"]))
     stages = []
     for i, (t, cfg, log) in enumerate(zip(train, configs, logs)):
@@ -144,6 +145,10 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
         "## Training",
         "\n".join(stages),
         "All other flags at their defaults; each run folder's `train_config.json` has every value.",
+        *([f"Then the release decision: `python -m arrcoc_steer.models.gripper --model <model> --data "
+           f"{' '.join(f'data/{d.name}' for d in datasets)}` wrote `release_threshold: {config['release_threshold']}` "
+           "(the P(open) at which a hand with closed fingers opens; best balanced accuracy on the held-out frames)."]
+          if config.get("release_threshold") is not None else []),
         *([f"Note: {note}"] if note else []),
         "![training curve](train_curve.png)",
     ]
