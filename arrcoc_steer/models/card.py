@@ -114,7 +114,7 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
     order (a fresh run, then each fine-tuning run that started from the previous one's model)."""
     from ..train import plot_training_curve
 
-    train = [Path(t) for t in ([train] if isinstance(train, (str, Path)) else train)]
+    train = [Path(t) for t in train]
     configs = [json.loads((t / "train_config.json").read_text()) for t in train]
     logs = [[json.loads(line) for line in (t / "train_log.jsonl").read_text().splitlines()] for t in train]
     plot_training_curve([t / "train_log.jsonl" for t in train], model / "train_curve.png")

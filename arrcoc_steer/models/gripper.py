@@ -16,30 +16,22 @@ import json
 from pathlib import Path
 
 import numpy as np
-import torch
 from tqdm.auto import tqdm
 
 from ..data import FrameDataset
-from .minivla import CONFIG_NAME, FINGERS, FINGERS_CLOSED, GRIPPER_DIM, MiniVLA
+from .minivla import CONFIG_NAME, GRIPPER_DIM, MiniVLA, fingers_closed
 
 
-@torch.no_grad()
 def release_scores(model: MiniVLA, data: FrameDataset, rows: np.ndarray, budget: int = 100,
                    batch_size: int = 32, progress: bool = True) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
     """For the frames at ``rows`` whose fingers are closed: (P(open) the policy gives, label is open)."""
     state = np.stack([data.episodes[e].arrays["state"][t] for e, t in data.index[rows]])
-    rows = rows[state[:, FINGERS].mean(-1) < FINGERS_CLOSED]
-    centers = torch.as_tensor(model.action_tokenizer.centers)
-    model.eval()
+    rows = rows[fingers_closed(state)]
     p_open, is_open = [], []
     for i in tqdm(range(0, len(rows), batch_size), desc="release scores", disable=not progress):
         b = data.batch(rows[i : i + batch_size])
-        images = {c: torch.from_numpy(b[c]).to(model.device) for c in ("agentview", "wrist")}
-        ids, mask = model.tokenize(b["instruction"])
-        alloc = np.stack([model.region_grid.uniform(budget)] * len(b["state"]))
-        logits = model(images, torch.from_numpy(b["state"]).to(model.device), ids, mask, alloc).action_logits
-        probs = logits[:, GRIPPER_DIM].float().softmax(-1).cpu()
-        p_open.append(probs[:, centers < 0].sum(-1).numpy())
+        logits, _, _ = model.action_logits(b, b["instruction"], budget=budget)
+        p_open.append(model.release_probability(logits).cpu().numpy())
         is_open.append(b["action"][:, GRIPPER_DIM] < 0)
     return np.concatenate(p_open), np.concatenate(is_open)
 
@@ -54,7 +46,8 @@ def best_threshold(p_open: np.ndarray, is_open: np.ndarray) -> dict:
         tpr, tnr = opens[is_open].mean(), (~opens[~is_open]).mean()
         if best is None or (tpr + tnr) / 2 > best["balanced_accuracy"]:
             best = {"threshold": float(t), "balanced_accuracy": float((tpr + tnr) / 2), "open_hit": float(tpr), "close_hit": float(tnr)}
-    return {**best, "frames_open": int(is_open.sum()), "frames_close": int((~is_open).sum())}
+    return {**best, "frames_open": int(is_open.sum()), "frames_close": int((~is_open).sum()),
+            "median_p_open": {"open frames": float(np.median(p_open[is_open])), "close frames": float(np.median(p_open[~is_open]))}}
 
 
 def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None = None, seed: int | None = None,

@@ -49,6 +49,11 @@ FINGERS = slice(7, 9)  # proprio entries of the two finger joints (m; 0.045 full
 FINGERS_CLOSED = 0.02  # mean finger joint below this: the fingers are closed (on a block or on nothing)
 
 
+def fingers_closed(state: torch.Tensor | np.ndarray):
+    """(B, 9) proprio -> (B,) bool: are the fingers closed (holding a block, or on nothing)?"""
+    return state[:, FINGERS].mean(-1) < FINGERS_CLOSED
+
+
 @dataclass
 class PolicyOutput:
     action_logits: torch.Tensor  # (B, action_dim, n_bins)
@@ -333,7 +338,6 @@ class MiniVLA(nn.Module):
     def reset(self) -> None:
         """Start of an episode. MiniVLA is stateless (one action per step, no chunk queue)."""
 
-    @torch.no_grad()
     def predict_action(
         self,
         observation: dict,
@@ -347,6 +351,20 @@ class MiniVLA(nn.Module):
         and ``state``. The visual budget is ``budget`` tokens spread uniformly, or the explicit
         ``allocation`` (n_cameras, regions) / (B, n_cameras, regions) from ARR-COC.
         """
+        logits, state, batched = self.action_logits(observation, instruction, budget, allocation)
+        actions = self.decode_actions(logits, state)
+        return actions if batched else actions[0]
+
+    @torch.no_grad()
+    def action_logits(
+        self,
+        observation: dict,
+        instruction: str | list[str],
+        budget: int | None = None,
+        allocation: np.ndarray | None = None,
+    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
+        """The validated forward pass of :meth:`predict_action`, before decoding: (B, 7, n_bins) logits,
+        the (B, 9) state tensor, and whether the observation was batched."""
         images, state, batched = self._check_observation(observation)
         b = state.shape[0]
         instructions = [instruction] * b if isinstance(instruction, str) else list(instruction)
@@ -360,8 +378,12 @@ class MiniVLA(nn.Module):
             logits = self(images, state, ids, mask, allocations).action_logits
         finally:
             self.train(was_training)
-        actions = self.decode_actions(logits, state)
-        return actions if batched else actions[0]
+        return logits, state, batched
+
+    def release_probability(self, logits: torch.Tensor) -> torch.Tensor:
+        """(B, 7, n_bins) logits -> (B,) P(open): the gripper's mass on the bins below zero."""
+        centers = torch.as_tensor(self.action_tokenizer.centers, device=logits.device)
+        return logits[:, GRIPPER_DIM].float().softmax(-1)[:, centers < 0].sum(-1)
 
     def decode_actions(self, logits: torch.Tensor, state: torch.Tensor | None = None) -> np.ndarray:
         """(B, 7, n_bins) logits (+ the (B, 9) proprio ``state``) -> (B, 7) actions, by ``config.decode``.
@@ -392,9 +414,8 @@ class MiniVLA(nn.Module):
                 masked = masked.masked_fill((k - top[..., None]).abs() > cfg.decode_window, float("-inf"))
             actions = (masked.softmax(-1) @ centers).cpu().numpy().astype(np.float32)
         if cfg.release_threshold is not None and state is not None:
-            p_open = logits[:, GRIPPER_DIM].float().softmax(-1)[:, centers < 0].sum(-1)
-            holding = state[:, FINGERS].float().mean(-1) < FINGERS_CLOSED
-            actions[(holding & (p_open > cfg.release_threshold)).cpu().numpy(), GRIPPER_DIM] = -1.0
+            opens = fingers_closed(state) & (self.release_probability(logits) > cfg.release_threshold)
+            actions[opens.cpu().numpy(), GRIPPER_DIM] = -1.0
         return actions
 
     def _check_observation(self, obs: dict) -> tuple[dict[str, torch.Tensor], torch.Tensor, bool]:
