@@ -73,6 +73,7 @@ def _setup_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--image-size", type=int, default=128, help="camera image side in pixels")
     p.add_argument("--noise", type=float, default=0.0,
                    help="DART: correlated noise on the executed, not the recorded, translation (action units, e.g. 0.3)")
+    p.add_argument("--workers", type=int, default=1, help="processes, each collecting whole tasks (default: %(default)s)")
 
 
 @command("collect", "write scripted-expert demonstrations (safetensors, resumable)", _setup_collect)
@@ -82,7 +83,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     tasks = args.tasks or envs.list_tasks(args.suite)
     index = collect(tasks, args.episodes, args.out, seed=args.seed, modifiers=args.modifiers, image_size=args.image_size,
-                    noise=args.noise)  # fmt: skip
+                    noise=args.noise, workers=args.workers)  # fmt: skip
     print(f"{len(index.get('episodes', []))} episodes in {args.out}")
     return 0
 

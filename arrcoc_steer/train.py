@@ -56,6 +56,9 @@ class TrainConfig:
     log_every: int = option(50, 'steps between log records (train_log.jsonl)')
     resume: bool = option(True, 'continue from out/checkpoint when it exists')
     init: str = option("", 'start from the weights of this saved model (fine-tuning, e.g. on new demos); "" = fresh')
+    max_minutes: float = option(
+        0.0, 'wall-clock budget of this run: steps is lowered to what fits, timed on its first 25 steps (0 = none)'
+    )
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -64,6 +67,11 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+        if not self.max_minutes >= 0:
+            raise ConfigError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
+
+
+BUDGET_PROBE = (5, 25)  # steps into a run between which ``max_minutes`` times a step (after warm-up kernels)
 
 
 def pick_device(name: str) -> torch.device:
@@ -242,6 +250,24 @@ class Trainer:
         return {f"val_{k}": v for k, v in stats.items()}
 
     # -- the run ---------------------------------------------------------------------------
+    def _fit_budget(self, t0: float, first: int, bar) -> None:
+        """Time steps ``first + BUDGET_PROBE``; then lower ``steps`` to what ``max_minutes`` leaves
+        room for (5% kept for checkpoints and validation). With ``warmup >= BUDGET_PROBE[1]`` the
+        schedule is fixed before it depends on ``steps``, so ``--steps N`` alone repeats the run."""
+        now = time.perf_counter()
+        if self.step - first == BUDGET_PROBE[0]:
+            self._probe_t = now
+            return
+        per_step = (now - self._probe_t) / (BUDGET_PROBE[1] - BUDGET_PROBE[0])
+        left = self.cfg.max_minutes * 60 - (now - t0)
+        fits = self.step + max(0, int(0.95 * left / per_step))
+        if fits < self.cfg.steps:
+            self.cfg.steps = fits
+            bar.total = fits
+            bar.refresh()
+            (self.out / "train_config.json").write_text(json.dumps(dataclasses.asdict(self.cfg), indent=2))
+            tqdm.write(f"max_minutes={self.cfg.max_minutes:g}: {per_step * 1000:.0f} ms/step -> training {fits} steps")
+
     def run(self) -> Path:
         from .checkpointing import load_training_state, save_training_state
 
@@ -252,10 +278,13 @@ class Trainer:
         log = open(self.out / "train_log.jsonl", "a")
         bar = tqdm(total=self.cfg.steps, initial=self.step, desc="train MiniVLA", unit="step")
         t0, frames = time.perf_counter(), 0
+        first = self.step
         while self.step < self.cfg.steps:
             stats = self.train_step()
             frames += self.cfg.batch_size
             bar.update(1)
+            if self.cfg.max_minutes and self.step - first in (BUDGET_PROBE[0], BUDGET_PROBE[1]):
+                self._fit_budget(t0, first, bar)
             bar.set_postfix(loss=f"{stats['loss']:.3f}", l1=f"{stats['l1']:.3f}")
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 rec = {"step": self.step, "lr": self.lr_at(self.step - 1), **stats, **self.validate()}

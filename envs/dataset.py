@@ -30,6 +30,7 @@ derived seed and the failed seeds are recorded.
 
 from __future__ import annotations
 
+import functools
 import json
 import os
 import zlib
@@ -129,6 +130,7 @@ def collect(
     max_attempts: int = 5,
     progress: bool = True,
     noise: float = 0.0,
+    workers: int = 1,
 ) -> dict:
     """Write ``episodes_per_task`` expert demos of each task to ``out_dir``; return the index.
 
@@ -144,39 +146,71 @@ def collect(
         progress: show a tqdm progress bar.
         noise: std of the correlated noise added to the executed (not the recorded) translation, in
             action units (0.3 = 9 mm per step); 0 records the expert's own states.
+        workers: processes, each collecting whole tasks (one task's folder is only ever written by
+            one process); the same files as ``workers=1``, since every episode's seed is its own.
     """
     import envs
     from tqdm.auto import tqdm
-
-    from .modifiers import Modifiers
 
     if modifiers not in ("random", "none"):
         raise ConfigError(f"modifiers must be 'random' or 'none', got {modifiers!r}")
     if not 0 <= noise <= 1:
         raise ConfigError(f"noise must be in [0, 1] action units, got {noise}")
-    if episodes_per_task < 0 or max_attempts < 1:
-        raise ConfigError(f"need episodes_per_task >= 0 and max_attempts >= 1, got {episodes_per_task}, {max_attempts}")
+    if episodes_per_task < 0 or max_attempts < 1 or workers < 1:
+        raise ConfigError(
+            f"need episodes_per_task >= 0, max_attempts >= 1 and workers >= 1, got {episodes_per_task}, {max_attempts}, {workers}"
+        )
     specs = [envs.get_task(t) for t in tasks]  # validates names before any work
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    for stale in out.glob("*/.tmp-*"):
-        stale.unlink()  # left by an interrupted run
+    job = functools.partial(_collect_task, episodes_per_task=episodes_per_task, out=out, seed=seed, modifiers=modifiers,
+                            image_size=image_size, keep_failures=keep_failures, max_attempts=max_attempts, noise=noise)  # fmt: skip
     failed = []
     bar = tqdm(total=len(specs) * episodes_per_task, disable=not progress, desc="demos")
-    for spec in specs:
-        (out / spec.name).mkdir(exist_ok=True)
-        env = envs.make(spec.name, image_size=image_size)
-        try:
-            for i in range(episodes_per_task):
-                path = out / spec.name / f"episode_{i:05d}.safetensors"
-                if not path.exists():
-                    failed += _collect_one(env, spec.name, i, path, seed, modifiers, image_size,
-                                           keep_failures, max_attempts, Modifiers, noise)  # fmt: skip
-                bar.update()
-        finally:
-            env.close()
+    if workers == 1:
+        for spec in specs:
+            failed += job(spec.name, on_episode=bar.update)
+    else:
+        from concurrent.futures import ProcessPoolExecutor, as_completed
+        from multiprocessing import get_context
+
+        with ProcessPoolExecutor(min(workers, len(specs)), mp_context=get_context("spawn")) as pool:
+            for done in as_completed([pool.submit(job, spec.name) for spec in specs]):
+                failed += done.result()
+                bar.update(episodes_per_task)
     bar.close()
-    return write_index(out, failed, {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise})
+    old = [f for f in _read_index(out).get("failed", []) if f["task"] not in tasks]  # other tasks' failures stay
+    return write_index(out, old + failed, {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise})
+
+
+def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, keep_failures, max_attempts, noise,
+                  on_episode=None) -> list:  # fmt: skip
+    """Collect the missing episodes of one task into ``out/task``; return its failures."""
+    import envs
+
+    from .modifiers import Modifiers
+
+    folder = out / task
+    folder.mkdir(exist_ok=True)
+    for stale in folder.glob(".tmp-*"):
+        stale.unlink()  # left by an interrupted run (each task's folder has one writer)
+    failed = []
+    env = envs.make(task, image_size=image_size)
+    try:
+        for i in range(episodes_per_task):
+            path = folder / f"episode_{i:05d}.safetensors"
+            if not path.exists():
+                failed += _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts,
+                                       Modifiers, noise)  # fmt: skip
+            if on_episode is not None:
+                on_episode()
+    finally:
+        env.close()
+    return failed
+
+
+def _read_index(out: Path) -> dict:
+    return json.loads((out / "index.json").read_text()) if (out / "index.json").exists() else {}
 
 
 def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers, noise) -> list:
@@ -196,9 +230,7 @@ def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures,
 def write_index(out_dir: str | os.PathLike, failed: list | None = None, config: dict | None = None) -> dict:
     """Rebuild ``index.json`` from the episode files in ``out_dir`` (atomically) and return it."""
     out = Path(out_dir)
-    old = {}
-    if (out / "index.json").exists():
-        old = json.loads((out / "index.json").read_text())
+    old = _read_index(out)
     episodes = []
     for p in sorted(out.glob("*/episode_*.safetensors")):
         m = read_meta(p)

@@ -51,11 +51,13 @@ def best_threshold(p_open: np.ndarray, is_open: np.ndarray) -> dict:
 
 
 def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None = None, seed: int | None = None,
-              write: bool = True, progress: bool = True) -> dict:  # fmt: skip
+              write: bool = True, progress: bool = True, device: str = "auto") -> dict:  # fmt: skip
     """Calibrate on the training run's held-out episodes (its holdout_frac and seed, from the config's
     provenance, unless given) and, with ``write``, store the threshold in ``model_dir/config.json``."""
+    from ..train import pick_device
+
     model_dir = Path(model_dir)
-    model = MiniVLA.from_pretrained(model_dir)
+    model = MiniVLA.from_pretrained(model_dir, pick_device(device))
     train_cfg = model.config.extra.get("train_config", {})
     holdout_frac = train_cfg.get("holdout_frac", 0.05) if holdout_frac is None else holdout_frac
     seed = train_cfg.get("seed", 0) if seed is None else seed
@@ -74,8 +76,9 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--model", required=True, help="checkpoint directory (its config.json is updated)")
     p.add_argument("--data", nargs="+", required=True, help="the dataset directories the model was trained on")
     p.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     args = p.parse_args(argv)
-    result = calibrate(args.model, args.data, write=not args.dry_run)
+    result = calibrate(args.model, args.data, write=not args.dry_run, device=args.device)
     print(json.dumps(result, indent=2))
     return 0
 

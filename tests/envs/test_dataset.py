@@ -87,6 +87,19 @@ def test_collect_is_deterministic_and_resumable(demo_dir, tmp_path):
     assert not list(copy.glob("**/.tmp-*"))
 
 
+def test_parallel_collection_writes_the_same_files_and_keeps_other_tasks_failures(demo_dir, tmp_path):
+    out = tmp_path / "parallel"
+    out.mkdir()
+    earlier = {"task": "PutRedBlockOnPlate", "index": 0, "failed_seeds": [7]}  # from another run into this folder
+    (out / "index.json").write_text(json.dumps({"failed": [earlier]}))
+    index = collect(TASKS, 2, out, seed=3, image_size=32, progress=False, workers=2)
+    serial = sorted(p.relative_to(demo_dir) for p in demo_dir.glob("*/*.safetensors"))
+    assert sorted(p.relative_to(out) for p in out.glob("*/*.safetensors")) == serial
+    for rel in serial:
+        assert (out / rel).read_bytes() == (demo_dir / rel).read_bytes()
+    assert len(index["episodes"]) == len(serial) and index["failed"] == [earlier]
+
+
 def test_failures_are_retried_and_recorded(tmp_path, monkeypatch):
     import envs.dataset as dataset
 
@@ -138,6 +151,8 @@ def test_bad_arguments(tmp_path):
         collect(["LiftBlock"], 1, tmp_path)
     with pytest.raises(ConfigError, match="noise"):
         collect(["LiftRedBlock"], 1, tmp_path, noise=-0.1)
+    with pytest.raises(ConfigError, match="workers"):
+        collect(["LiftRedBlock"], 1, tmp_path, workers=0)
     with pytest.raises(ConfigError, match="does not exist"):
         DemoDataset(tmp_path / "missing")
     assert not os.listdir(tmp_path)  # nothing written before validation

@@ -48,6 +48,31 @@ def test_init_fine_tunes_from_a_saved_model(tmp_path):
     assert tuned.model.config.extra["train_config"]["init"] == str(base)
 
 
+def test_max_minutes_lowers_the_steps_to_what_the_timed_steps_leave_room_for(tmp_path, monkeypatch):
+    import json
+    import types
+
+    import arrcoc_steer.train as train_module
+
+    write_fake_episodes(tmp_path / "demos", n=2, length=4)
+    clock = [0.0]
+    monkeypatch.setattr(train_module, "time", types.SimpleNamespace(perf_counter=lambda: clock[0]))
+    trainer = Trainer(small_config(tmp_path, steps=1000, batch_size=2, checkpoint_every=500, log_every=500,
+                                   max_minutes=0.75))  # fmt: skip
+    real_step = trainer.train_step
+
+    def one_second_step():
+        clock[0] += 1.0
+        return real_step()
+
+    trainer.train_step = one_second_step
+    trainer.run()
+    # 25 s spent, 1 s per step, 45 s budget: 20 s left, 95% of it = 19 more steps
+    assert trainer.step == 44
+    assert json.loads((tmp_path / "run" / "train_config.json").read_text())["steps"] == 44
+    assert trainer.model.config.extra["train_config"]["steps"] == 44
+
+
 def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
     write_fake_episodes(tmp_path / "demos", n=2, length=4)
     trainer = Trainer(small_config(tmp_path, lr=3e-3, warmup=1, shift_px=0, bf16=False))
@@ -134,6 +159,8 @@ def test_smoothed_targets_are_distributions_peaked_at_the_bin():
 def test_invalid_training_config_is_rejected():
     with pytest.raises(ConfigError, match="steps"):
         TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="max_minutes"):
+        TrainConfig(max_minutes=-1)
 
 
 def test_release_calibration_writes_its_threshold_into_the_checkpoint(tmp_path):
