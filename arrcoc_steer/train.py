@@ -56,6 +56,9 @@ class TrainConfig:
     log_every: int = option(50, 'steps between log records (train_log.jsonl)')
     resume: bool = option(True, 'continue from out/checkpoint when it exists')
     init: str = option("", 'start from the weights of this saved model (fine-tuning, e.g. on new demos); "" = fresh')
+    train_only: str = option(
+        "all", 'all | head: "head" trains only the action head and its pointer input (backbone and vision frozen, forward only: ~3x faster steps)'
+    )
     max_minutes: float = option(
         0.0, 'wall-clock budget of this run: steps is lowered to what fits, timed on its first 25 steps (0 = none)'
     )
@@ -67,11 +70,39 @@ class TrainConfig:
                 raise ConfigError(f"{name} must be positive, got {getattr(self, name)}")
         if not 0 < self.lr < 1:
             raise ConfigError(f"lr must be in (0, 1), got {self.lr}")
+        if self.train_only not in TRAINABLE:
+            raise ConfigError(f"train_only must be one of {sorted(TRAINABLE)}, got {self.train_only!r}")
         if not self.max_minutes >= 0:
             raise ConfigError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
 
 
+# What ``train_only`` leaves trainable (parameter-name prefixes; None = everything that trains).
+TRAINABLE = {"all": None, "head": ("head.", "head_bias", "pointer_proj.")}
 BUDGET_PROBE = (5, 25)  # steps into a run between which ``max_minutes`` times a step (after warm-up kernels)
+
+
+def keep_freed_memory() -> bool:
+    """Ask glibc's allocator to keep freed memory for reuse instead of handing it back to the OS.
+
+    A training step allocates and frees hundreds of MB of activations. By default glibc serves each
+    large block with a fresh ``mmap`` and unmaps it on ``free``, so every step page-faults its
+    activations in again (~1M minor faults per step measured on the 2-core CPU). Keeping them made a
+    CPU step 10-20% faster. It changes the whole process, so the command line calls it, not the
+    library. Returns whether it applied (glibc only).
+    """
+    import ctypes
+    import ctypes.util
+    import sys
+
+    if not sys.platform.startswith("linux"):
+        return False
+    try:
+        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
+    except (OSError, AttributeError):
+        return False  # not glibc (musl has no mallopt)
+    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
+    settings = ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1), (m_top_pad, 512 << 20))
+    return all(mallopt(option, value) == 1 for option, value in settings)
 
 
 def pick_device(name: str) -> torch.device:
@@ -163,9 +194,10 @@ class Trainer:
             self.model = MiniVLA.from_pretrained(cfg.init, self.device).train()
         else:
             self.model = MiniVLA(model_config).to(self.device).train()
-        # Plain (eager) attention trains ~20% faster on CPU at these short sequences: the bf16 backward
-        # of PyTorch's CPU flash-attention kernel costs three times a matmul-softmax-matmul.
-        self.model.backbone.set_attn_implementation("eager")
+        prefixes = TRAINABLE[cfg.train_only]
+        if prefixes is not None:  # nothing upstream of the head needs a gradient: autograd skips it
+            for name, p in self.model.named_parameters():
+                p.requires_grad_(name.startswith(prefixes))
         self.grid = self.model.region_grid
         self.data = FrameDataset(list(cfg.data))
         self.train_rows, self.val_rows = self.data.split(cfg.holdout_frac, cfg.seed + 1)

@@ -17,6 +17,9 @@ Whole-episode metrics (:func:`episode_metrics`):
 ``gripper_closes``     commanded closings: the gripper command (action[6]) goes from < 0 (or the
                        open start) to > 0; ``gripper_opens`` the reverse; exactly 0 keeps the state
 ``time_to_grasp``      first step at which both fingers hold the target object (steps); None if never
+``placement_error``    horizontal distance from the target object to the centre of its destination
+                       (tray, plate) at the end (m): how far off a failed placement landed; NaN
+                       when the task has no destination object
 =====================  ==========================================================================
 
 Length-controlled metrics (:func:`windowed_metrics`), the ones DESIGN.md asks effects to be claimed on
@@ -52,7 +55,7 @@ from .rollout import CONTROL_HZ, EpisodeRecord
 
 EPISODE_METRICS = (
     "success", "length", "speed_mean", "path_x", "path_y", "path_z", "peak_ee_z", "peak_target_lift",
-    "gripper_closes", "gripper_opens", "time_to_grasp",
+    "gripper_closes", "gripper_opens", "time_to_grasp", "placement_error",
 )  # fmt: skip
 WINDOWED_METRICS = ("speed_w", "path_x_w", "path_y_w", "path_z_w")
 METRICS = EPISODE_METRICS + WINDOWED_METRICS
@@ -95,6 +98,10 @@ def episode_metrics(rec: EpisodeRecord) -> dict[str, float | int | None]:
         "gripper_closes": closes,
         "gripper_opens": opens,
         "time_to_grasp": int(held[0]) if len(held) else None,
+        "placement_error": (
+            float(np.linalg.norm(rec.target_pose[-1, :2] - rec.destination_pose[-1, :2]))
+            if len(rec.destination_pose) and len(rec.target_pose) else nan
+        ),
     }
 
 

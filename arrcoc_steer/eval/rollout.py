@@ -42,7 +42,7 @@ from .policies import Policy, as_policy
 CONTROL_HZ = 10  # env steps per second (envs.tabletop.CONTROL_HZ)
 FRAME_CAMERAS = ("agentview", "wrist")
 STATUSES = ("ok", "policy_error", "crashed")
-ARRAY_FIELDS = ("ee_pos", "ee_vel", "actions", "gripper", "target_pose", "grasped")
+ARRAY_FIELDS = ("ee_pos", "ee_vel", "actions", "gripper", "target_pose", "destination_pose", "grasped")
 
 
 @dataclass
@@ -62,6 +62,8 @@ class EpisodeRecord:
         ee_pos: (T+1, 3) tool centre point (m). ee_vel: (T+1, 3) its velocity (m/s).
         actions: (T, 7) actions sent to the env. gripper: (T+1, 2) finger positions (m).
         target_pose: (T+1, 7) target object position + quaternion. grasped: (T+1,) target held.
+        destination_pose: (T+1, 7) pose of the first subgoal's container or plate; (0, 7) when the
+            task has none (lift, push to a zone).
         traces: per-step arrays of the condition (``alpha``, ``ratio``, ``allocation``).
         notes: JSON-able facts from the condition (intervention counts, reference speed).
         frames: (T+1, H, W, 3) uint8 camera frames, when asked for.
@@ -83,6 +85,7 @@ class EpisodeRecord:
     actions: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))
     gripper: np.ndarray = field(default_factory=lambda: np.zeros((0, 2), np.float32))
     target_pose: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))
+    destination_pose: np.ndarray = field(default_factory=lambda: np.zeros((0, 7), np.float32))
     grasped: np.ndarray = field(default_factory=lambda: np.zeros((0,), bool))
     traces: dict[str, np.ndarray] = field(default_factory=dict)
     notes: dict[str, Any] = field(default_factory=dict)
@@ -218,9 +221,11 @@ class _Recorder:
 
     def __init__(self, info: dict, frames: str | None, obs: dict):
         self.target = info["target_object"]
+        self.destination = info.get("destination") if info.get("destination") in info["object_poses"] else None
         self.instruction = info["instruction"]
         self.camera = frames
-        self.rows: dict[str, list] = {k: [] for k in ("ee_pos", "ee_vel", "gripper", "target_pose", "grasped")}
+        keys = ("ee_pos", "ee_vel", "gripper", "target_pose", "destination_pose", "grasped")
+        self.rows: dict[str, list] = {k: [] for k in keys}
         self.actions: list[np.ndarray] = []
         self.frames: list[np.ndarray] = []
         self.success = False
@@ -231,6 +236,8 @@ class _Recorder:
         self.rows["ee_vel"].append(info["ee_vel"])
         self.rows["gripper"].append(info["gripper"])
         self.rows["target_pose"].append(info["object_poses"][self.target])
+        if self.destination is not None:
+            self.rows["destination_pose"].append(info["object_poses"][self.destination])
         self.rows["grasped"].append(info["grasped"] == self.target)
         if self.camera is not None:
             self.frames.append(np.asarray(obs[self.camera]))
@@ -245,6 +252,7 @@ class _Recorder:
 
     def finish(self, **fields) -> EpisodeRecord:
         arrays = {k: np.asarray(v, np.float32) for k, v in self.rows.items() if k != "grasped"}
+        arrays["destination_pose"] = arrays["destination_pose"].reshape(-1, 7)  # (0, 7) without a destination
         return EpisodeRecord(
             instruction=self.instruction, success=self.success, length=len(self.actions),
             target_object=self.target, grasped=np.asarray(self.rows["grasped"], bool),

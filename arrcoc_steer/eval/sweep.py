@@ -198,7 +198,8 @@ class RunFolder:
         traces = {k[len("trace."):]: v for k, v in arrays.items() if k.startswith("trace.")}
         fields_ = {k: doc[k] for k in ("task", "condition", "seed", "instruction", "status", "error", "success",
                                        "length", "max_steps", "target_object", "attempts")}  # fmt: skip
-        return EpisodeRecord(**fields_, **{k: arrays[k] for k in ARRAY_FIELDS}, traces=traces,
+        # (a field added since the record was written keeps its empty default)
+        return EpisodeRecord(**fields_, **{k: arrays[k] for k in ARRAY_FIELDS if k in arrays}, traces=traces,
                              notes=doc["notes"], wall_s=doc["wall_s"])  # fmt: skip
 
 

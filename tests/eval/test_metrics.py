@@ -31,6 +31,16 @@ def test_episode_metrics_follow_their_rules():
     assert m["path_z"] == pytest.approx(0.01, rel=1e-4)
     assert m["peak_ee_z"] == pytest.approx(0.11) and m["peak_target_lift"] == pytest.approx(0.05)
     assert (m["gripper_closes"], m["gripper_opens"], m["time_to_grasp"]) == (1, 1, 5)
+    assert np.isnan(m["placement_error"])  # a lift has no destination
+
+
+def test_placement_error_is_the_final_horizontal_distance_to_the_destination():
+    rec = record()
+    rec.destination_pose = np.zeros((11, 7), np.float32)
+    rec.destination_pose[:, :3] = [0.03, 0.04, 0.0]  # 5 cm away horizontally; heights do not count
+    assert episode_metrics(rec)["placement_error"] == pytest.approx(0.05)
+    rec.target_pose[-1, :2] = [0.03, 0.04]  # ends on it
+    assert episode_metrics(rec)["placement_error"] == pytest.approx(0.0)
 
 
 def test_no_steps_gives_nan_not_an_error():

@@ -26,6 +26,20 @@ def test_expert_episode_is_recorded_in_full(env, expert):
     assert rec.ee_pos.shape == (t + 1, 3) and rec.actions.shape == (t, 7) and rec.target_pose.shape == (t + 1, 7)
     assert rec.gripper.shape == (t + 1, 2) and rec.grasped.dtype == bool and rec.grasped[-1]
     assert rec.instruction and rec.target_object == "red_block" and rec.max_steps == env.unwrapped.max_episode_steps
+    assert rec.destination_pose.shape == (0, 7)  # a lift has no destination
+
+
+def test_a_placement_records_its_destination_and_lands_on_it(expert):
+    from arrcoc_steer.eval.metrics import episode_metrics
+
+    env = envs.make("PutRedBlockOnPlate", image_size=32)
+    try:
+        rec = run_episode(expert, env, seed=1_000_000)
+    finally:
+        env.close()
+    assert rec.success and rec.destination_pose.shape == (rec.length + 1, 7)
+    start = float(np.linalg.norm(rec.target_pose[0, :2] - rec.destination_pose[0, :2]))
+    assert episode_metrics(rec)["placement_error"] < 0.03 < start  # the expert put it on the plate
 
 
 def test_same_seed_same_episode(env, expert):

@@ -73,6 +73,25 @@ def test_max_minutes_lowers_the_steps_to_what_the_timed_steps_leave_room_for(tmp
     assert trainer.model.config.extra["train_config"]["steps"] == 44
 
 
+def test_train_only_head_changes_the_head_and_nothing_upstream(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=4)
+    trainer = Trainer(small_config(tmp_path, steps=2, train_only="head", lr=1e-2))
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    trainer.run()
+    after = trainer.model.trainable_state_dict()
+    head = [k for k in before if k.startswith(("head.", "head_bias", "pointer_proj."))]
+    assert head and all(not torch.equal(before[k], after[k]) for k in head)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in head)  # vision, LoRA, token rows
+
+
+def test_keep_freed_memory_applies_on_glibc():
+    import platform
+
+    from arrcoc_steer.train import keep_freed_memory
+
+    assert keep_freed_memory() == (platform.libc_ver()[0] == "glibc")
+
+
 def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
     write_fake_episodes(tmp_path / "demos", n=2, length=4)
     trainer = Trainer(small_config(tmp_path, lr=3e-3, warmup=1, shift_px=0, bf16=False))
@@ -159,6 +178,8 @@ def test_smoothed_targets_are_distributions_peaked_at_the_bin():
 def test_invalid_training_config_is_rejected():
     with pytest.raises(ConfigError, match="steps"):
         TrainConfig(steps=0)
+    with pytest.raises(ConfigError, match="train_only"):
+        TrainConfig(train_only="vision")
     with pytest.raises(ConfigError, match="max_minutes"):
         TrainConfig(max_minutes=-1)
 
