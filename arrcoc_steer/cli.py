@@ -226,6 +226,8 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="MiniVLA checkpoint folder, or 'expert' (default: the shipped policy)")
     p.add_argument("--tasks", nargs="+", default=["all"], help="task names, suite names or 'all' (default: all)")
     p.add_argument("--seeds", type=int, default=10, help="fresh seeds per task and condition (default: %(default)s)")
+    p.add_argument("--seed-base", type=int, help="first seed (default: the reporting seeds, 1,000,000); "
+                   "develop on other seeds, e.g. 7000000, and report on the defaults")  # fmt: skip
     p.add_argument(
         "--condition", dest="conditions", action="append", nargs="+", metavar="KIND [KEY=VALUE]",
         help="a condition, repeatable: e.g. 'unsteered', 'prompt modifier=quickly', "
@@ -242,14 +244,15 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "evaluate a policy under conditions in closed loop (resumable run folder)", _setup_eval)
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval import evaluate, load_conditions
+    from .eval import evaluate, fresh_seeds, load_conditions
 
     conditions = [_parse_condition(c) for c in args.conditions or [["unsteered"]]]
     args.policy = args.policy or _default_policy()
     if args.conditions_file:
         conditions += load_conditions(args.conditions_file)
+    seeds = args.seeds if args.seed_base is None else fresh_seeds(args.seeds, args.seed_base)
     results = evaluate(
-        args.policy, args.tasks, conditions, args.seeds, args.out, backend=args.backend, workers=args.workers,
+        args.policy, args.tasks, conditions, seeds, args.out, backend=args.backend, workers=args.workers,
         address=args.address, frames=args.video, max_steps=args.max_steps,
     )  # fmt: skip
     print(results.format())

@@ -172,3 +172,12 @@ def test_the_sweep_command_takes_seeds_out_and_policy_over_the_yaml(tmp_path):
     out = tmp_path / "quick"
     assert main(["sweep", str(config), "--seeds", "2", "--out", str(out), "--policy", "expert", "--backend", "serial"]) == 0
     assert len(episode_files(out)) == 2 and not (tmp_path / "ignored").exists()
+
+
+def test_the_eval_command_runs_development_seeds_apart_from_the_reporting_ones(tmp_path):
+    from arrcoc_steer.cli import main
+
+    out = tmp_path / "dev"
+    assert main(["eval", "--policy", "expert", "--tasks", "LiftRedBlock", "--seeds", "2", "--seed-base", "7000000",
+                 "--out", str(out), "--backend", "serial", "--max-steps", "3"]) == 0  # fmt: skip
+    assert sorted(json.loads(doc)["seed"] for doc in episode_files(out).values()) == [7_000_000, 7_000_001]
