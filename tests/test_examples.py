@@ -46,3 +46,12 @@ def test_closed_loop_vs_fixed_example_prints_the_comparison(tmp_path):
     lines = {line.split()[0]: line for line in out.stdout.splitlines() if line[:1].isalnum()}
     assert {"closed_loop", "fixed_alpha_0.5", "fixed_alpha_1"} <= set(lines)
     assert "<- fixed alpha with the loop's mean effect" in out.stdout
+
+
+def test_destination_sensitivity_example_probes_the_shipped_policy_while_it_carries():
+    out = run("destination_sensitivity.py", "--tasks", "PutRedBlockOnPlate", "--seeds", "1", "--max-steps", "40")
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("PutRedBlockOnPlate"))
+    carry_steps, sensitivity = int(row.split()[-2]), float(row.split()[-1])
+    assert carry_steps > 0 and sensitivity >= 0  # it grasped within 40 steps, and the probe measured
+    assert "1 of 1 episodes carried the target" in out.stdout

@@ -365,6 +365,22 @@ class MiniVLA(nn.Module):
     ) -> tuple[torch.Tensor, torch.Tensor, bool]:
         """The validated forward pass of :meth:`predict_action`, before decoding: (B, 7, n_bins) logits,
         the (B, 9) state tensor, and whether the observation was batched."""
+        out, state, batched = self.observe(observation, instruction, budget, allocation)
+        return out.action_logits, state, batched
+
+    @torch.no_grad()
+    def observe(
+        self,
+        observation: dict,
+        instruction: str | list[str],
+        budget: int | None = None,
+        allocation: np.ndarray | None = None,
+        pointer: torch.Tensor | None = None,
+    ) -> tuple[PolicyOutput, torch.Tensor, bool]:
+        """Every output of the validated forward pass (logits, grounding, pooling, pointer), the (B, 9)
+        state and whether the observation was batched. ``pointer`` (B, n_cam, 3, 3), if given, is what
+        the action head reads instead of the predicted one: a probe of how actions depend on where the
+        policy believes the gripper, target and destination are."""
         images, state, batched = self._check_observation(observation)
         b = state.shape[0]
         instructions = [instruction] * b if isinstance(instruction, str) else list(instruction)
@@ -372,13 +388,20 @@ class MiniVLA(nn.Module):
             raise ConfigError(f"got {len(instructions)} instructions for a batch of {b} observations")
         allocations = self._resolve_allocation(budget, allocation, b)
         ids, mask = self.tokenize([s if isinstance(s, str) else "" for s in instructions])
+        teacher = None
+        if pointer is not None:
+            expected = (b, self.grid_cameras, len(POINTED), 3)
+            if tuple(pointer.shape) != expected:
+                raise ConfigError(f"pointer must have shape {expected} (batch, camera, gripper/target/destination, "
+                                  f"x/y/presence), got {tuple(pointer.shape)}")  # fmt: skip
+            teacher = (pointer.to(self.device, torch.float32), torch.ones(b, dtype=torch.bool, device=self.device))
         was_training = self.training
         self.eval()
         try:
-            logits = self(images, state, ids, mask, allocations).action_logits
+            out = self(images, state, ids, mask, allocations, teacher)
         finally:
             self.train(was_training)
-        return logits, state, batched
+        return out, state, batched
 
     def release_probability(self, logits: torch.Tensor) -> torch.Tensor:
         """(B, 7, n_bins) logits -> (B,) P(open): the gripper's mass on the bins below zero."""

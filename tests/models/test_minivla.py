@@ -31,6 +31,19 @@ def test_batched_call_matches_single_calls(policy):
     assert np.mean(np.isclose(batched, np.stack(singles), atol=1e-6)) > 0.95
 
 
+def test_observe_reads_a_given_pointer_in_place_of_its_own(policy):
+    obs = make_observation(np.random.default_rng(2))
+    out, _, _ = policy.observe(obs, INSTRUCTION, budget=64)
+    same, _, _ = policy.observe(obs, INSTRUCTION, budget=64, pointer=out.pointer)
+    torch.testing.assert_close(same.action_logits, out.action_logits)  # its own pointer: the same actions
+    moved = out.pointer.clone()
+    moved[:, 0, 2, :2] += 0.3  # the destination, seen elsewhere
+    probe, _, _ = policy.observe(obs, INSTRUCTION, budget=64, pointer=moved)
+    assert not torch.allclose(probe.action_logits, out.action_logits)
+    with pytest.raises(ConfigError, match="pointer must have shape"):
+        policy.observe(obs, INSTRUCTION, budget=64, pointer=out.pointer[:, :1])
+
+
 def test_the_allocation_reaches_the_visual_tokens(policy):
     """A relevance allocation is a real input: changing it changes the logits."""
     rng = np.random.default_rng(2)
