@@ -97,10 +97,9 @@ def _setup_train(p: argparse.ArgumentParser) -> None:
 
 @command("train", "behaviour-clone MiniVLA on demonstrations (resumable; GPU when present)", _setup_train)
 def cmd_train(args: argparse.Namespace) -> int:
-    from .train import TrainConfig, keep_freed_memory, train
+    from .train import TrainConfig, train
 
     t0 = time.perf_counter()
-    keep_freed_memory()
     out = train(from_args(TrainConfig, args))
     print(f"model saved to {out} after {(time.perf_counter() - t0) / 60:.1f} min")
     return 0

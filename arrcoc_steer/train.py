@@ -81,30 +81,6 @@ TRAINABLE = {"all": None, "head": ("head.", "head_bias", "pointer_proj.")}
 BUDGET_PROBE = (5, 25)  # steps into a run between which ``max_minutes`` times a step (after warm-up kernels)
 
 
-def keep_freed_memory() -> bool:
-    """Ask glibc's allocator to keep freed memory for reuse instead of handing it back to the OS.
-
-    A training step allocates and frees hundreds of MB of activations. By default glibc serves each
-    large block with a fresh ``mmap`` and unmaps it on ``free``, so every step page-faults its
-    activations in again (~1M minor faults per step measured on the 2-core CPU). Keeping them made a
-    CPU step 10-20% faster. It changes the whole process, so the command line calls it, not the
-    library. Returns whether it applied (glibc only).
-    """
-    import ctypes
-    import ctypes.util
-    import sys
-
-    if not sys.platform.startswith("linux"):
-        return False
-    try:
-        mallopt = ctypes.CDLL(ctypes.util.find_library("c") or "libc.so.6").mallopt
-    except (OSError, AttributeError):
-        return False  # not glibc (musl has no mallopt)
-    m_trim_threshold, m_top_pad, m_mmap_threshold = -1, -2, -3
-    settings = ((m_mmap_threshold, 32 << 20), (m_trim_threshold, 2**31 - 1), (m_top_pad, 512 << 20))
-    return all(mallopt(option, value) == 1 for option, value in settings)
-
-
 def pick_device(name: str) -> torch.device:
     if name == "auto":
         return torch.device("cuda" if torch.cuda.is_available() else "cpu")
