@@ -57,7 +57,7 @@ class TrainConfig:
     resume: bool = option(True, 'continue from out/checkpoint when it exists')
     init: str = option("", 'start from the weights of this saved model (fine-tuning, e.g. on new demos); "" = fresh')
     train_only: str = option(
-        "all", 'all | head: "head" trains only the action head and its pointer input (backbone and vision frozen, forward only: ~3x faster steps)'
+        "all", 'all | head: "head" trains only the action head and its pointer input (backbone and vision frozen and run forward only: 1.75 vs 3.98 s per CPU step measured)'
     )
     max_minutes: float = option(
         0.0, 'wall-clock budget of this run: steps is lowered to what fits, timed on its first 25 steps (0 = none)'
