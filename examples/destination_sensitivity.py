@@ -17,10 +17,9 @@ from __future__ import annotations
 import argparse
 
 import numpy as np
-import torch
 
 import envs
-from arrcoc_steer.eval.sweep import fresh_seeds
+from arrcoc_steer.eval import fresh_seeds
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, POINTED, MiniVLA
 
 TASKS = ["PutRedBlockInTray", "PutRedBlockOnPlate", "PickRedBlockIntoTray", "PickRightBlockIntoTray"]
@@ -71,7 +70,6 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--max-steps", type=int, help="cap on episode length")
     args = p.parse_args(argv)
 
-    torch.set_num_threads(max(1, torch.get_num_threads()))
     model = MiniVLA.from_pretrained(args.policy)
     rows = [run(model, task, seed, args.budget, args.shift, args.max_steps)
             for task in args.tasks for seed in fresh_seeds(args.seeds, args.seed_base)]  # fmt: skip
