@@ -30,8 +30,8 @@ def release_scores(model: MiniVLA, data: FrameDataset, rows: np.ndarray, budget:
     p_open, is_open = [], []
     for i in tqdm(range(0, len(rows), batch_size), desc="release scores", disable=not progress):
         b = data.batch(rows[i : i + batch_size])
-        logits, _, _ = model.action_logits(b, b["instruction"], budget=budget)
-        p_open.append(model.release_probability(logits).cpu().numpy())
+        out, _, _ = model.observe(b, b["instruction"], budget=budget)
+        p_open.append(model.release_probability(out.action_logits).cpu().numpy())
         is_open.append(b["action"][:, GRIPPER_DIM] < 0)
     return np.concatenate(p_open), np.concatenate(is_open)
 

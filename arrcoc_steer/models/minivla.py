@@ -351,22 +351,9 @@ class MiniVLA(nn.Module):
         and ``state``. The visual budget is ``budget`` tokens spread uniformly, or the explicit
         ``allocation`` (n_cameras, regions) / (B, n_cameras, regions) from ARR-COC.
         """
-        logits, state, batched = self.action_logits(observation, instruction, budget, allocation)
-        actions = self.decode_actions(logits, state)
-        return actions if batched else actions[0]
-
-    @torch.no_grad()
-    def action_logits(
-        self,
-        observation: dict,
-        instruction: str | list[str],
-        budget: int | None = None,
-        allocation: np.ndarray | None = None,
-    ) -> tuple[torch.Tensor, torch.Tensor, bool]:
-        """The validated forward pass of :meth:`predict_action`, before decoding: (B, 7, n_bins) logits,
-        the (B, 9) state tensor, and whether the observation was batched."""
         out, state, batched = self.observe(observation, instruction, budget, allocation)
-        return out.action_logits, state, batched
+        actions = self.decode_actions(out.action_logits, state)
+        return actions if batched else actions[0]
 
     @torch.no_grad()
     def observe(
@@ -377,7 +364,8 @@ class MiniVLA(nn.Module):
         allocation: np.ndarray | None = None,
         pointer: torch.Tensor | None = None,
     ) -> tuple[PolicyOutput, torch.Tensor, bool]:
-        """Every output of the validated forward pass (logits, grounding, pooling, pointer), the (B, 9)
+        """The validated forward pass of :meth:`predict_action`, before decoding: every output
+        (action logits, grounding, pooling, pointer), the (B, 9)
         state and whether the observation was batched. ``pointer`` (B, n_cam, 3, 3), if given, is what
         the action head reads instead of the predicted one: a probe of how actions depend on where the
         policy believes the gripper, target and destination are."""
