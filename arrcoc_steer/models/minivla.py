@@ -60,6 +60,7 @@ class PolicyOutput:
     grounding_logits: torch.Tensor  # (B, T, len(GROUNDING_CLASSES)) per visual token
     pooling: torch.Tensor  # (B, T, n_cam * cells): how each visual token averages the cells
     pointer: torch.Tensor | None = None  # (B, n_cam, len(POINTED), 3): expected x, y, presence
+    action_hidden: torch.Tensor | None = None  # (B, action_dim, d): the backbone's output at the action queries
 
 
 def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int) -> torch.Tensor:
@@ -318,11 +319,19 @@ class MiniVLA(nn.Module):
         if teacher_pointer is not None:
             forced, use = teacher_pointer
             read = torch.where(use[:, None, None, None], forced.to(pointer.dtype), pointer)
-        where = self.pointer_proj(read.flatten(1))  # (B, d)
-        h = self.head(hidden[:, -cfg.action_dim :] + where[:, None].to(hidden.dtype))  # (B, 7, d)
+        action_hidden = hidden[:, -cfg.action_dim :]
+        return PolicyOutput(self.action_head(action_hidden, read), grounding, pool, pointer, action_hidden)
+
+    def action_head(self, action_hidden: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
+        """The backbone's output at the 7 action queries (B, 7, d) and the pointer the head reads
+        (B, n_cam, K, 3) -> action-bin logits (B, 7, n_bins), through a head tied to the bin embeddings.
+        Separate from :meth:`forward` so the head can be refitted on cached backbone outputs."""
+        cfg = self.config
+        where = self.pointer_proj(pointer.flatten(1))  # (B, d)
+        h = self.head(action_hidden + where[:, None].to(action_hidden.dtype))  # (B, 7, d)
+        word = self.backbone.embeddings.word_embeddings
         bins = word.weight[cfg.action_first_id : cfg.action_first_id + cfg.n_bins]  # tied head
-        logits = h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)
-        return PolicyOutput(logits, grounding, pool, pointer)
+        return h @ bins.t().to(h.dtype) + self.head_bias.to(h.dtype)
 
     def _make_roles(self, text_mask: torch.Tensor, n_vis: int) -> dict[str, torch.Tensor]:
         b, n_text = text_mask.shape
