@@ -6,6 +6,8 @@ one visual budget (half of them 64..128, the rest up to 400) and a random alloca
 (half uniform, half random relevance), so the policy works at every budget and under any ARR-COC
 allocation without retraining. Images get random shifts (DrQ). Mixed precision (bf16) on CPU and
 GPU. Checkpoints hold the model, the optimizer and every RNG, so ``resume`` continues the same run.
+``--train-only head --head-cache N`` refits only the action head, on the frozen backbone's outputs
+for N frames computed once (:mod:`arrcoc_steer.head_cache`).
 
     arrcoc-steer train --data data/demos --out runs/minivla
 """
@@ -26,7 +28,7 @@ from tqdm.auto import tqdm
 from .data import FrameDataset
 from .config import option
 from .errors import ConfigError
-from .models.minivla import MiniVLA, MiniVLAConfig
+from .models.minivla import GRIPPER_DIM, MiniVLA, MiniVLAConfig, fingers_closed
 from .regions import CAMERAS, MAX_BUDGET, MIN_BUDGET, RegionGrid
 
 
@@ -62,6 +64,10 @@ class TrainConfig:
     max_minutes: float = option(
         0.0, 'wall-clock budget of this run: steps is lowered to what fits, timed on its first 25 steps (0 = none)'
     )
+    head_cache: int = option(
+        0, 'with --train-only head: run the frozen backbone once over this many training frames and fit the head on its cached outputs, many epochs in minutes (0 = off)'
+    )
+    carry_weight: float = option(1.0, 'loss weight of carry frames (hand closed, moving sideways: where the destination decides the action)')
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -74,6 +80,12 @@ class TrainConfig:
             raise ConfigError(f"train_only must be one of {sorted(TRAINABLE)}, got {self.train_only!r}")
         if not self.max_minutes >= 0:
             raise ConfigError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
+        if self.head_cache < 0 or (self.head_cache and self.train_only != "head"):
+            raise ConfigError(f"head_cache must be 0, or a frame count with train_only='head' (the backbone must be "
+                              f"frozen for its outputs to be cached); got head_cache={self.head_cache}, "
+                              f"train_only={self.train_only!r}")  # fmt: skip
+        if not self.carry_weight > 0:
+            raise ConfigError(f"carry_weight must be > 0 (1 = every frame alike), got {self.carry_weight}")
 
 
 # What ``train_only`` leaves trainable (parameter-name prefixes; None = everything that trains).
@@ -150,6 +162,12 @@ def pointer_loss(out, truth: torch.Tensor) -> torch.Tensor:
     return err.sum() / seen.sum().clamp_min(1) / 2
 
 
+def carry_frames(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the hand is closed, stays closed and moves sideways by over 0.3 of the largest step:
+    the carry and push phases, the frames where the destination decides the action."""
+    return fingers_closed(state) & (action[:, GRIPPER_DIM] > 0) & (action[:, :2].norm(dim=1) > 0.3)
+
+
 def smoothed_targets(bins: torch.Tensor, n_bins: int, sigma: float) -> torch.Tensor:
     """(B, D) bin indices -> (B, D, n_bins) Gaussian target distributions."""
     grid = torch.arange(n_bins, device=bins.device, dtype=torch.float32)
@@ -179,6 +197,9 @@ class Trainer:
         self.train_rows, self.val_rows = self.data.split(cfg.holdout_frac, cfg.seed + 1)
         self.optimizer = self._make_optimizer()
         self.step = 0
+        self.cache = self.val_cache = None
+        if cfg.head_cache:
+            self.cache, self.val_cache = self._head_caches()
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -197,45 +218,105 @@ class Trainer:
         return cfg.lr * (0.1 + 0.9 * 0.5 * (1 + math.cos(math.pi * min(1.0, progress))))
 
     # -- one step --------------------------------------------------------------------------
-    def loss_on(self, rows: np.ndarray, augment: bool) -> tuple[torch.Tensor, dict]:
-        batch = self.data.batch(rows)
-        rng = self.rng
+    def model_inputs(self, batch: dict, augment: bool, rng: np.random.Generator) -> tuple:
+        """A batch of frames -> the model's inputs (images, state, ids, mask, allocations), with a
+        random shift when ``augment`` and one random budget and allocations drawn from ``rng``."""
         images = {}
         for cam in CAMERAS:
             img = random_shift(batch[cam], self.cfg.shift_px, rng) if augment else batch[cam]
             images[cam] = torch.from_numpy(np.ascontiguousarray(img)).to(self.device)
         state = torch.from_numpy(batch["state"]).to(self.device)
         ids, mask = self.model.tokenize(batch["instruction"])
-        allocations = sample_allocations(self.grid, len(rows), rng, self.cfg)
-        target_bins = torch.from_numpy(self.model.action_tokenizer.to_bins(batch["action"])).to(self.device)
+        allocations = sample_allocations(self.grid, len(state), rng, self.cfg)
+        return images, state, ids, mask, allocations
+
+    def action_loss(self, logits: torch.Tensor, action: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, dict]:
+        """Smoothed-bin cross-entropy (carry frames weighted by ``carry_weight``) and the argmax
+        action's mean absolute error, overall, in xyz and on the gripper."""
+        bins = torch.from_numpy(self.model.action_tokenizer.to_bins(action.cpu().numpy())).to(logits.device)
+        target = smoothed_targets(bins, self.model.config.n_bins, self.cfg.label_sigma)
+        ce = -(target * torch.log_softmax(logits.float(), -1)).sum(-1).mean(-1)  # (B,)
+        weight = 1.0 + (self.cfg.carry_weight - 1.0) * carry_frames(state, action).float()
+        loss = (ce * weight).sum() / weight.sum()
+        pred = self.model.action_tokenizer.centers[logits.argmax(-1).cpu().numpy()]
+        err = np.abs(pred - action.cpu().numpy()).mean(0)
+        stats = dict(action_loss=loss.item(), l1=float(err.mean()), l1_xyz=float(err[:3].mean()), l1_grip=float(err[6]))
+        return loss, stats
+
+    def loss_on(self, rows: np.ndarray, augment: bool) -> tuple[torch.Tensor, dict]:
+        batch = self.data.batch(rows)
+        images, state, ids, mask, allocations = self.model_inputs(batch, augment, self.rng)
         counts = torch.from_numpy(batch["grounding"]).to(self.device) if "grounding" in batch else None
         truth = true_pointer(counts, self.grid.n_cameras) if counts is not None else None
         teacher = None
         if truth is not None and augment and self.cfg.teacher_forcing > 0:
-            use = torch.from_numpy(rng.random(len(rows)) < self.cfg.teacher_forcing).to(self.device)
+            use = torch.from_numpy(self.rng.random(len(rows)) < self.cfg.teacher_forcing).to(self.device)
             teacher = (truth, use)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             out = self.model(images, state, ids, mask, allocations, teacher)
-        logp = torch.log_softmax(out.action_logits.float(), -1)
-        target = smoothed_targets(target_bins, self.model.config.n_bins, self.cfg.label_sigma)
-        action_loss = -(target * logp).sum(-1).mean()
-        stats = {"action_loss": action_loss.item()}
-        loss = action_loss
+        action = torch.from_numpy(batch["action"]).to(self.device)
+        loss, stats = self.action_loss(out.action_logits, action, state)
         if counts is not None and self.cfg.grounding_weight > 0:
             g_loss = grounding_loss(out, counts)
             p_loss = pointer_loss(out, truth)
             loss = loss + self.cfg.grounding_weight * (g_loss + POINTER_WEIGHT * p_loss)
             stats.update(grounding_loss=g_loss.item(), pointer_l1=p_loss.item())
-        pred = self.model.action_tokenizer.centers[out.action_logits.argmax(-1).cpu().numpy()]
-        err = np.abs(pred - batch["action"]).mean(0)
-        stats.update(loss=loss.item(), l1=float(err.mean()), l1_xyz=float(err[:3].mean()), l1_grip=float(err[6]))
+        stats["loss"] = loss.item()
         return loss, stats
 
+    def loss_on_cache(self, cache, idx: torch.Tensor, teacher: bool) -> tuple[torch.Tensor, dict]:
+        """The head's loss on cached backbone outputs (``--head-cache``); ``teacher``: the share
+        ``teacher_forcing`` of samples reads the true pointer, as in :meth:`loss_on`."""
+        pointer = cache.pointer[idx]
+        if teacher and self.cfg.teacher_forcing > 0:
+            use = torch.from_numpy(self.rng.random(len(idx)) < self.cfg.teacher_forcing).to(self.device)
+            pointer = torch.where(use[:, None, None, None], cache.true_pointer[idx], pointer)
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            logits = self.model.action_head(cache.action_hidden[idx], pointer)
+        loss, stats = self.action_loss(logits, cache.action[idx], cache.state[idx])
+        stats["loss"] = loss.item()
+        return loss, stats
+
+    def _head_caches(self):
+        """The training and held-out caches of ``--head-cache`` (built once, then reused from the run
+        folder while the model, data and settings are the same)."""
+        from . import head_cache
+
+        cfg = self.cfg
+        self.out.mkdir(parents=True, exist_ok=True)
+        self.model.eval()  # the backbone as the policy runs it: no dropout in the cached outputs
+        meta = {"weights": head_cache.weights_digest(self.model), "data": list(cfg.data), "frames": len(self.data),
+                "seed": cfg.seed, "holdout_frac": cfg.holdout_frac, "shift_px": cfg.shift_px,
+                "low_budget_frac": cfg.low_budget_frac, "uniform_frac": cfg.uniform_frac}  # fmt: skip
+        caches = []
+        for split, rows, n, augment in (("train", self.train_rows, cfg.head_cache, True),
+                                        ("held-out", self.val_rows, 512, False)):  # fmt: skip
+            rng = np.random.default_rng([cfg.seed, 3, len(caches)])
+            rows = np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
+
+            def forward(chunk, augment=augment, rng=rng):
+                batch = self.data.batch(chunk)
+                with torch.no_grad(), torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=cfg.bf16):
+                    return self.model(*self.model_inputs(batch, augment, rng)), batch
+
+            def make(rows=rows, forward=forward, split=split):
+                return head_cache.build(rows, forward, max(cfg.batch_size, 64), f"cache backbone outputs ({split})")
+
+            path = self.out / f"head_cache_{split}.safetensors"
+            cache = head_cache.load_or_build(path, {**meta, "split": split, "rows": len(rows)}, make)
+            caches.append(cache.to(self.device))
+        self.model.train()
+        return caches
+
     def train_step(self) -> dict:
-        rows = self.rng.choice(self.train_rows, self.cfg.batch_size, replace=len(self.train_rows) < self.cfg.batch_size)
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step)
-        loss, stats = self.loss_on(rows, augment=True)
+        if self.cache is not None:
+            idx = torch.from_numpy(self.rng.integers(0, len(self.cache), self.cfg.batch_size)).to(self.device)
+            loss, stats = self.loss_on_cache(self.cache, idx, teacher=True)
+        else:
+            rows = self.rng.choice(self.train_rows, self.cfg.batch_size, replace=len(self.train_rows) < self.cfg.batch_size)
+            loss, stats = self.loss_on(rows, augment=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
@@ -247,6 +328,10 @@ class Trainer:
     def validate(self, n: int = 256) -> dict:
         if len(self.val_rows) == 0:
             return {}
+        if self.val_cache is not None:
+            idx = torch.arange(len(self.val_cache), device=self.device)
+            _, stats = self.loss_on_cache(self.val_cache, idx, teacher=False)
+            return {f"val_{k}": v for k, v in stats.items()}
         rows = np.random.default_rng(self.cfg.seed + 2).choice(self.val_rows, min(n, len(self.val_rows)), replace=False)
         self.model.eval()
         rng_state = self.rng.bit_generator.state

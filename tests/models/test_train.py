@@ -174,6 +174,10 @@ def test_invalid_training_config_is_rejected():
         TrainConfig(train_only="vision")
     with pytest.raises(ConfigError, match="max_minutes"):
         TrainConfig(max_minutes=-1)
+    with pytest.raises(ConfigError, match="head_cache"):
+        TrainConfig(head_cache=64)  # the backbone would train: its outputs cannot be cached
+    with pytest.raises(ConfigError, match="carry_weight"):
+        TrainConfig(carry_weight=0)
 
 
 def test_release_calibration_writes_its_threshold_into_the_checkpoint(tmp_path):
@@ -185,3 +189,74 @@ def test_release_calibration_writes_its_threshold_into_the_checkpoint(tmp_path):
     result = calibrate(model_dir, [str(tmp_path / "demos")], progress=False)
     assert result["frames_open"] > 0 and result["frames_close"] > 0  # held-out frames with closed fingers
     assert MiniVLA.from_pretrained(model_dir).config.release_threshold == result["threshold"]
+
+
+def test_head_cache_refits_only_the_head_and_reuses_the_cache_until_something_changes(tmp_path, monkeypatch):
+    import arrcoc_steer.head_cache as head_cache
+
+    write_fake_episodes(tmp_path / "demos", n=4)
+    cfg = dict(steps=3, train_only="head", head_cache=16, lr=1e-2)
+    trainer = Trainer(small_config(tmp_path, **cfg))
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    assert len(trainer.cache) == 16 and trainer.cache.action_hidden.shape == (16, 7, 384)
+    trainer.run()
+    after = trainer.model.trainable_state_dict()
+    head = [k for k in before if k.startswith(("head.", "head_bias", "pointer_proj."))]
+    assert head and all(not torch.equal(before[k], after[k]) for k in head)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in head)
+    assert "val_loss" in open(tmp_path / "run" / "train_log.jsonl").readline()
+
+    built = []
+    real_build = head_cache.build
+    monkeypatch.setattr(head_cache, "build", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    again = Trainer(small_config(tmp_path, out=str(tmp_path / "run"), resume=False, **cfg))
+    assert built == []  # same weights, data and settings: read from the run folder
+    torch.testing.assert_close(again.cache.action_hidden, trainer.cache.action_hidden)
+    Trainer(small_config(tmp_path, out=str(tmp_path / "run"), resume=False, **{**cfg, "seed": 1}))
+    assert built == [1, 1]  # another seed draws other frames: both caches rebuilt, never reused stale
+
+
+def test_cached_outputs_give_the_logits_of_the_full_forward_pass():
+    from arrcoc_steer.head_cache import build
+    from arrcoc_steer.models.minivla import MiniVLA
+    from tests.models.conftest import make_observation
+
+    model = MiniVLA().eval()
+    rng = np.random.default_rng(0)
+    obs = make_observation(rng, batch=3)
+    images, state, _ = model._check_observation(obs)
+    ids, mask = model.tokenize(["put the red block in the tray"] * 3)
+    alloc = np.stack([model.region_grid.uniform(100)] * 3)
+    batch = {"action": rng.uniform(-1, 1, (3, 7)), "state": obs["state"]}
+    with torch.no_grad():
+        out = model(images, state, ids, mask, alloc)
+        cache = build(np.arange(3), lambda rows: (out, batch), 64, "test")
+        logits = model.action_head(cache.action_hidden.float(), cache.pointer)
+    torch.testing.assert_close(logits, out.action_logits, atol=0.15, rtol=0.02)  # hidden stored in bf16
+    torch.testing.assert_close(cache.true_pointer, out.pointer)  # no labels: the predicted pointer
+
+
+def test_carry_frames_are_closed_hands_moving_sideways_and_carry_weight_counts_them():
+    from arrcoc_steer.train import carry_frames
+
+    state = torch.zeros(4, 9)
+    state[:, 7:9] = torch.tensor([[0.01], [0.01], [0.04], [0.01]])  # closed, closed, open, closed
+    action = torch.zeros(4, 7)
+    action[:, 0] = torch.tensor([0.8, 0.1, 0.8, 0.8])
+    action[:, 6] = torch.tensor([1.0, 1.0, 1.0, -1.0])  # the last one is opening: a release
+    assert carry_frames(state, action).tolist() == [True, False, False, False]
+
+    from types import SimpleNamespace
+
+    from arrcoc_steer.models.action_tokens import ActionTokenizer
+
+    model = SimpleNamespace(action_tokenizer=ActionTokenizer(1, 256), config=SimpleNamespace(n_bins=256))
+    logits = torch.randn(4, 7, 256)
+    plain, heavy = Trainer.__new__(Trainer), Trainer.__new__(Trainer)
+    plain.model, plain.cfg = model, TrainConfig()
+    heavy.model, heavy.cfg = model, TrainConfig(carry_weight=1e6)
+    only_first, _ = plain.action_loss(logits[:1], action[:1], state[:1])
+    everything, _ = plain.action_loss(logits, action, state)
+    weighted, _ = heavy.action_loss(logits, action, state)
+    assert weighted.item() == pytest.approx(only_first.item(), rel=1e-4)  # the carry frame dominates
+    assert weighted.item() != pytest.approx(everything.item(), rel=1e-3)
