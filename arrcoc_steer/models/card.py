@@ -124,7 +124,7 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
     stages = []
     for i, (t, cfg, log) in enumerate(zip(train, configs, logs)):
         last = log[-1]
-        minutes = last["step"] * cfg["batch_size"] / last["samples_per_s"] / 60
+        minutes = (last["step"] * cfg["batch_size"] / last["samples_per_s"] + last.get("head_cache_s", 0)) / 60
         stages.append(
             f"{i + 1}. {stage_command(cfg, t, train[i - 1] if i else None)}: step {last['step']}, action loss "
             f"{last['action_loss']:.3f}, held-out action loss {last.get('val_action_loss', float('nan')):.3f}, held-out "

@@ -192,6 +192,8 @@ def test_release_calibration_writes_its_threshold_into_the_checkpoint(tmp_path):
 
 
 def test_head_cache_refits_only_the_head_and_reuses_the_cache_until_something_changes(tmp_path, monkeypatch):
+    import json
+
     import arrcoc_steer.head_cache as head_cache
 
     write_fake_episodes(tmp_path / "demos", n=4)
@@ -204,7 +206,8 @@ def test_head_cache_refits_only_the_head_and_reuses_the_cache_until_something_ch
     head = [k for k in before if k.startswith(("head.", "head_bias", "pointer_proj."))]
     assert head and all(not torch.equal(before[k], after[k]) for k in head)
     assert all(torch.equal(before[k], after[k]) for k in before if k not in head)
-    assert "val_loss" in open(tmp_path / "run" / "train_log.jsonl").readline()
+    record = json.loads(open(tmp_path / "run" / "train_log.jsonl").readline())
+    assert "val_loss" in record and record["head_cache_s"] > 0  # the cache's cost is logged with the run
 
     built = []
     real_build = head_cache.build
