@@ -295,6 +295,9 @@ class Trainer:
         caches = []
         for split, rows, n, augment in (("train", self.train_rows, cfg.head_cache, True),
                                         ("held-out", self.val_rows, 512, False)):  # fmt: skip
+            if len(rows) == 0:  # no held-out episodes (holdout_frac 0): nothing to validate on
+                caches.append(None)
+                continue
             rng = np.random.default_rng([cfg.seed, 3, len(caches)])
             rows = np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
 

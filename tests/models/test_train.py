@@ -217,6 +217,8 @@ def test_head_cache_refits_only_the_head_and_reuses_the_cache_until_something_ch
     torch.testing.assert_close(again.cache.action_hidden, trainer.cache.action_hidden)
     Trainer(small_config(tmp_path, out=str(tmp_path / "run"), resume=False, **{**cfg, "seed": 1}))
     assert built == [1, 1]  # another seed draws other frames: both caches rebuilt, never reused stale
+    no_holdout = Trainer(small_config(tmp_path, out=str(tmp_path / "all"), holdout_frac=0.0, **cfg))
+    assert no_holdout.val_cache is None and no_holdout.validate() == {}
 
 
 def test_cached_outputs_give_the_logits_of_the_full_forward_pass():
