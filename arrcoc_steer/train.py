@@ -37,7 +37,7 @@ class TrainConfig:
     """Training run settings; every field is also a ``arrcoc-steer train`` flag."""
 
     data: tuple[str, ...] = option(("data/demos",), 'dataset directories written by `arrcoc-steer collect`')
-    out: str = option("runs/minivla", 'run folder: checkpoint/, model/, train_log.jsonl, train_curve.png')
+    out: str = option("runs/minivla", 'run folder: checkpoint/, model/, train_log.jsonl, train_curve.png (and head_cache_*.safetensors with --head-cache)')
     steps: int = option(4000, 'optimizer steps')
     batch_size: int = option(64, 'frames per optimizer step')
     lr: float = option(8e-4, 'peak learning rate (linear warmup, cosine decay to 10%)')
