@@ -225,3 +225,36 @@ def test_release_calibration_picks_the_threshold_that_separates_held_out_frames(
     assert result["frames_open"] == 8 and result["frames_close"] == 100
     with pytest.raises(ValueError, match="both kinds"):
         best_threshold(p_open[:100], is_open[:100])
+
+
+def test_an_off_square_grasp_counts_as_closed_fingers():
+    """A block grasped askew holds the fingers wider than a face-on grasp; the release rule must still
+    see a closed hand, or the policy carries the block to its destination and never lets go."""
+    import envs
+    from envs.expert import ScriptedExpert
+    from arrcoc_steer.models.minivla import fingers_closed
+
+    class AskewExpert(ScriptedExpert):
+        @staticmethod
+        def _grasp_yaw(u, obj):
+            return ScriptedExpert._grasp_yaw(u, obj) + 0.5  # ~29 degrees off the block's faces
+
+    env = envs.make("LiftRedBlock", render_cameras=False)
+    try:
+        env.reset(seed=0)
+        expert, held = AskewExpert(env), []
+        for _ in range(150):
+            obs, _, terminated, truncated, info = env.step(expert.act())
+            if expert.phase in ("lift", "hold_up"):
+                held.append(obs["state"])
+            if terminated or truncated:
+                break
+    finally:
+        env.close()
+    assert info["success"] and len(held) > 5
+    held = np.stack(held)
+    assert held[:, 7:9].mean() > 0.024  # wider than a face-on grasp (0.019): the case being tested
+    assert fingers_closed(held).all()
+    open_hand = held.copy()
+    open_hand[:, 7:9] = 0.045
+    assert not fingers_closed(open_hand).any()
