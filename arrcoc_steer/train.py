@@ -68,6 +68,7 @@ class TrainConfig:
         0, 'with --train-only head: run the frozen backbone once over this many training frames and fit the head on its cached outputs, many epochs in minutes (0 = off)'
     )
     carry_weight: float = option(1.0, 'loss weight of carry frames (hand closed, moving sideways: where the destination decides the action)')
+    lower_weight: float = option(1.0, 'loss weight of lowering frames (hand closed, descending: the placement the carry ends in)')
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -84,8 +85,9 @@ class TrainConfig:
             raise ConfigError(f"head_cache must be 0, or a frame count with train_only='head' (the backbone must be "
                               f"frozen for its outputs to be cached); got head_cache={self.head_cache}, "
                               f"train_only={self.train_only!r}")  # fmt: skip
-        if not self.carry_weight > 0:
-            raise ConfigError(f"carry_weight must be > 0 (1 = every frame alike), got {self.carry_weight}")
+        for name in ("carry_weight", "lower_weight"):
+            if not getattr(self, name) > 0:
+                raise ConfigError(f"{name} must be > 0 (1 = every frame alike), got {getattr(self, name)}")
 
 
 # What ``train_only`` leaves trainable (parameter-name prefixes; None = everything that trains).
@@ -169,6 +171,15 @@ def carry_frames(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     return fingers_closed(state) & (action[:, GRIPPER_DIM] > 0) & (action[:, :2].norm(dim=1) > 0.3)
 
 
+def lower_frames(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the hand is closed, stays closed and descends by over 0.3 of the largest step while
+    moving sideways by less: lowering a held block onto its destination (or a closed hand to push
+    height). Its onset is one frame per placement among many carry frames that say "stay up", so
+    without extra weight a policy hovers over the destination."""
+    return (fingers_closed(state) & (action[:, GRIPPER_DIM] > 0) & (action[:, 2] < -0.3)
+            & (action[:, :2].norm(dim=1) < 0.3))  # fmt: skip
+
+
 def smoothed_targets(bins: torch.Tensor, n_bins: int, sigma: float) -> torch.Tensor:
     """(B, D) bin indices -> (B, D, n_bins) Gaussian target distributions."""
     grid = torch.arange(n_bins, device=bins.device, dtype=torch.float32)
@@ -235,12 +246,13 @@ class Trainer:
         return images, state, ids, mask, allocations
 
     def action_loss(self, logits: torch.Tensor, action: torch.Tensor, state: torch.Tensor) -> tuple[torch.Tensor, dict]:
-        """Smoothed-bin cross-entropy (carry frames weighted by ``carry_weight``) and the argmax
-        action's mean absolute error, overall, in xyz and on the gripper."""
+        """Smoothed-bin cross-entropy (carry and lowering frames weighted by ``carry_weight`` and
+        ``lower_weight``) and the argmax action's mean absolute error, overall, in xyz and on the gripper."""
         bins = torch.from_numpy(self.model.action_tokenizer.to_bins(action.cpu().numpy())).to(logits.device)
         target = smoothed_targets(bins, self.model.config.n_bins, self.cfg.label_sigma)
         ce = -(target * torch.log_softmax(logits.float(), -1)).sum(-1).mean(-1)  # (B,)
-        weight = 1.0 + (self.cfg.carry_weight - 1.0) * carry_frames(state, action).float()
+        weight = (1.0 + (self.cfg.carry_weight - 1.0) * carry_frames(state, action).float()
+                  + (self.cfg.lower_weight - 1.0) * lower_frames(state, action).float())  # fmt: skip
         loss = (ce * weight).sum() / weight.sum()
         pred = self.model.action_tokenizer.centers[logits.argmax(-1).cpu().numpy()]
         err = np.abs(pred - action.cpu().numpy()).mean(0)

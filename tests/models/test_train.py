@@ -265,3 +265,30 @@ def test_carry_frames_are_closed_hands_moving_sideways_and_carry_weight_counts_t
     weighted, _ = heavy.action_loss(logits, action, state)
     assert weighted.item() == pytest.approx(only_first.item(), rel=1e-4)  # the carry frame dominates
     assert weighted.item() != pytest.approx(everything.item(), rel=1e-3)
+
+
+def test_lower_frames_are_closed_hands_descending_in_place_and_lower_weight_counts_them():
+    from arrcoc_steer.train import lower_frames
+
+    state = torch.zeros(5, 9)
+    state[:, 7:9] = torch.tensor([[0.01], [0.027], [0.04], [0.01], [0.01]])  # closed, askew grasp, open, closed, closed
+    action = torch.zeros(5, 7)
+    action[:, 2] = torch.tensor([-0.7, -0.7, -0.7, -0.7, 0.0])
+    action[3, 0] = 0.8  # descending while carrying sideways: a carry frame, not a placement
+    action[:, 6] = 1.0
+    assert lower_frames(state, action).tolist() == [True, True, False, False, False]
+
+    from types import SimpleNamespace
+
+    from arrcoc_steer.models.action_tokens import ActionTokenizer
+
+    model = SimpleNamespace(action_tokenizer=ActionTokenizer(1, 256), config=SimpleNamespace(n_bins=256))
+    logits = torch.randn(5, 7, 256)
+    plain, heavy = Trainer.__new__(Trainer), Trainer.__new__(Trainer)
+    plain.model, plain.cfg = model, TrainConfig()
+    heavy.model, heavy.cfg = model, TrainConfig(lower_weight=1e6)
+    lowering, _ = plain.action_loss(logits[:2], action[:2], state[:2])
+    weighted, _ = heavy.action_loss(logits, action, state)
+    assert weighted.item() == pytest.approx(lowering.item(), rel=1e-4)
+    with pytest.raises(ConfigError, match="lower_weight"):
+        TrainConfig(lower_weight=-1)
