@@ -55,3 +55,13 @@ def test_destination_sensitivity_example_probes_the_shipped_policy_while_it_carr
     carry_steps, sensitivity = int(row.split()[-2]), float(row.split()[-1])
     assert carry_steps > 0 and sensitivity >= 0  # it grasped within 40 steps, and the probe measured
     assert "1 of 1 episodes carried the target" in out.stdout
+
+
+def test_oracle_pointer_example_runs_each_episode_with_both_pointers():
+    out = run("oracle_pointer.py", "--tasks", "PickRedBlockIntoTray", "--seeds", "1", "--max-steps", "15", "--error-steps", "5")
+    assert out.returncode == 0, out.stderr[-2000:]
+    row = next(line for line in out.stdout.splitlines() if line.startswith("PickRedBlockIntoTray"))
+    own, oracle, error = row.split()[2:]
+    assert own in ("True", "False") and oracle in ("True", "False")
+    assert 0.0 <= float(error) < 1.0  # a fraction of the image, measured against the segmentation
+    assert "success: own pointer" in out.stdout and "true pointer" in out.stdout
