@@ -256,6 +256,7 @@ def cmd_eval(args: argparse.Namespace) -> int:
     )  # fmt: skip
     print(results.format())
     print(results.format_by_suite("success"))
+    print(results.format_outcomes())
     print(f"results: {args.out}/results.json, {args.out}/results.csv")
     return 0
 
@@ -290,6 +291,7 @@ def cmd_sweep(args: argparse.Namespace) -> int:
     config.setdefault("policy", _default_policy())
     results = evaluate(**config)
     print(results.format())
+    print(results.format_outcomes())
     return 0
 
 

@@ -22,6 +22,9 @@ Whole-episode metrics (:func:`episode_metrics`):
                        when the task has no destination object
 =====================  ==========================================================================
 
+Each failed episode also gets an ``outcome`` (:func:`episode_outcome`): where it went wrong, read off
+the target's trajectory, so a results table says *why* success moved, not only that it did.
+
 Length-controlled metrics (:func:`windowed_metrics`), the ones DESIGN.md asks effects to be claimed on
 (total displacement per episode confounds episode length; a faster policy ends sooner):
 
@@ -60,6 +63,51 @@ EPISODE_METRICS = (
 WINDOWED_METRICS = ("speed_w", "path_x_w", "path_y_w", "path_z_w")
 METRICS = EPISODE_METRICS + WINDOWED_METRICS
 BINARY_METRICS = ("success",)
+
+NEAR_DESTINATION = 0.03  # m: a target this close (horizontally) to its destination's centre is "at" it
+HELD_ABOVE = 0.08  # m of lift above its start: the target is held up in the air, never lowered
+STACKED = 0.025  # m of lift: resting about one block (4 cm) up, on something placed there before
+OUTCOMES = (
+    "success",
+    "held above the destination",  # carried there, never lowered
+    "stacked at the destination",  # lowered onto something (usually a wrong block placed first)
+    "at the destination, not accepted",  # low and close, but still held, or not inside, or not settled
+    "away from the destination",  # ended more than NEAR_DESTINATION from it
+    "target never grasped",  # pick tasks: both fingers never held it
+    "target never moved",  # push tasks: it never left its start
+    "grasped, not completed",  # a task without a destination (lift)
+)
+
+
+def episode_outcome(success: bool, grasped: np.ndarray, target_pose: np.ndarray, destination_pose: np.ndarray,
+                    push: bool = False) -> str:  # fmt: skip
+    """Which of :data:`OUTCOMES` an episode ended in, from its (T+1,) ``grasped`` flags and (T+1, 7)
+    target and destination poses; ``push``: the task moves the target without grasping it.
+
+    >>> start, up = [0.1, 0, 0.02, 1, 0, 0, 0], [0.3, 0, 0.17, 1, 0, 0, 0]
+    >>> tray = np.array([[0.3, 0, 0, 1, 0, 0, 0]] * 2)
+    >>> episode_outcome(False, np.array([0, 1]), np.array([start, up]), tray)
+    'held above the destination'
+    >>> episode_outcome(False, np.array([0, 0]), np.array([start, start]), tray)
+    'target never grasped'
+    """
+    if success:
+        return "success"
+    target_pose = np.asarray(target_pose, np.float64)
+    if len(target_pose) == 0:
+        return "target never moved" if push else "target never grasped"
+    lift = target_pose[-1, 2] - target_pose[0, 2]
+    if len(destination_pose):
+        off = np.linalg.norm(target_pose[-1, :2] - np.asarray(destination_pose, np.float64)[-1, :2])
+        if off < NEAR_DESTINATION:
+            return ("held above the destination" if lift > HELD_ABOVE else
+                    "stacked at the destination" if lift > STACKED else "at the destination, not accepted")  # fmt: skip
+    if push:
+        moved = np.linalg.norm(target_pose[-1, :2] - target_pose[0, :2]) > 0.01
+        return "away from the destination" if moved else "target never moved"
+    if not np.asarray(grasped).any():
+        return "target never grasped"
+    return "away from the destination" if len(destination_pose) else "grasped, not completed"
 
 
 def step_speeds(ee_pos: np.ndarray) -> np.ndarray:

@@ -42,7 +42,8 @@ import numpy as np
 from ..errors import ConfigError, UnknownNameError
 from .backends import Job, check_backend, make_backend
 from .conditions import Condition, Resources, as_condition
-from .metrics import EPISODE_METRICS, METRICS, WINDOWED_METRICS, episode_metrics, matched_windows, windowed_metrics
+from .metrics import (EPISODE_METRICS, METRICS, OUTCOMES, WINDOWED_METRICS, episode_metrics, episode_outcome,
+                      matched_windows, windowed_metrics)  # fmt: skip
 from .policies import as_policy, check_policy_source, describe_policy
 from .rollout import ARRAY_FIELDS, EpisodeRecord, episode_key
 from .stats import compare_to_fixed, control_summary, summarize
@@ -51,7 +52,7 @@ SEED_BASE = 1_000_000
 EPISODE_FORMAT = "arrcoc-episode/1"
 SWEEP_FORMAT = "arrcoc-sweep/1"
 DONE = ("ok", "policy_error")
-CSV_FIELDS = ("task", "condition", "seed", "status", "attempts", "instruction", *METRICS, "window", "window_steps",
+CSV_FIELDS = ("task", "condition", "seed", "status", "attempts", "instruction", "outcome", *METRICS, "window", "window_steps",
               "in_band", "reference", "error")  # fmt: skip
 
 
@@ -260,6 +261,24 @@ class SweepResults:
             lines.append(f"{cond:34s}" + "".join(f"{row.get(s, float('nan')):>18.3f}" for s in suites))
         return "\n".join(lines)
 
+    def outcomes(self) -> dict[str, dict[str, int]]:
+        """Per condition, how many episodes ended in each of :data:`~arrcoc_steer.eval.metrics.OUTCOMES`."""
+        out: dict[str, dict[str, int]] = {}
+        for r in self.rows:
+            if r.get("outcome"):
+                counts = out.setdefault(r["condition"], dict.fromkeys(OUTCOMES, 0))
+                counts[r["outcome"]] += 1
+        return out
+
+    def format_outcomes(self) -> str:
+        """A plain-text table of :meth:`outcomes` (the outcomes that occur at all)."""
+        table = self.outcomes()
+        seen = [o for o in OUTCOMES if any(row[o] for row in table.values())]
+        lines = [f"{'outcomes':34s}" + "".join(f"{o[:26]:>28s}" for o in seen)]
+        for cond, row in table.items():
+            lines.append(f"{cond:34s}" + "".join(f"{row[o]:>28d}" for o in seen))
+        return "\n".join(lines)
+
     def format(self, metrics: Sequence[str] = ("success", "speed_w", "length")) -> str:
         """A plain-text table: per condition, mean [95% CI] and % change vs baseline (all tasks)."""
         lines = [f"{'condition':34s}" + "".join(f"{m:>30s}" for m in metrics)]
@@ -305,10 +324,14 @@ def aggregate(out_dir: str | Path, *, window: int | str = "min", metrics: Sequen
     windows = matched_windows(rows, window)
     for r in rows:
         r["window"] = windows[r["task"]]
-        empty = dict.fromkeys((*WINDOWED_METRICS, "window_steps"))
+        empty = dict.fromkeys((*WINDOWED_METRICS, "window_steps", "outcome"))
         if r["status"] != "crashed":
-            ee = load_file(folder.path(episode_key(r["task"], r["condition"], r["seed"]), ".safetensors"))["ee_pos"]
-            empty = windowed_metrics(ee, windows[r["task"]])
+            arrays = load_file(folder.path(episode_key(r["task"], r["condition"], r["seed"]), ".safetensors"))
+            empty = windowed_metrics(arrays["ee_pos"], windows[r["task"]])
+            empty["outcome"] = episode_outcome(bool(r["success"]), arrays.get("grasped", np.zeros(0)),
+                                               arrays.get("target_pose", np.zeros((0, 7))),
+                                               arrays.get("destination_pose", np.zeros((0, 7))),
+                                               push=_is_push(r["task"]))  # fmt: skip
         r.update(empty)
     baseline = manifest["baseline"]
     if baseline is not None and baseline not in {r["condition"] for r in rows}:
@@ -325,11 +348,22 @@ def aggregate(out_dir: str | Path, *, window: int | str = "min", metrics: Sequen
             except ConfigError as e:  # nothing paired to compare yet
                 results.closed_loop[c.name] = {"error": str(e)}
     doc = {"format": SWEEP_FORMAT, "manifest": manifest, "windows": windows, "summary": summary,
-           "controls": results.controls, "closed_loop": results.closed_loop, "crashed": results.crashed,
+           "controls": results.controls, "closed_loop": results.closed_loop, "outcomes": results.outcomes(),
+           "crashed": results.crashed,
            "missing": missing, "timing": results.timing}  # fmt: skip
     _atomic_write(folder.root / "results.json", _dumps(doc))
     _atomic_write(folder.root / "results.csv", _csv(rows))
     return results
+
+
+def _is_push(task: str) -> bool:
+    """Does ``task`` move its target by pushing (never grasping) it?"""
+    import envs
+
+    try:
+        return all(sg.kind == "push" for sg in envs.get_task(task).subgoals)
+    except UnknownNameError:  # a task registered elsewhere: judged as a pick task
+        return False
 
 
 def _key(row: Mapping) -> str:

@@ -120,6 +120,20 @@ def controls_table(run: Run, metric: str = "speed_w") -> str:
             f"{''.join(rows)}</table>")  # fmt: skip
 
 
+def outcomes_table(run: Run) -> str:
+    """Per condition, how many episodes ended in each outcome (``arrcoc_steer.eval.metrics.OUTCOMES``)."""
+    table = run.results.get("outcomes") or {}
+    seen = list(dict.fromkeys(o for row in table.values() for o, n in row.items() if n))
+    if not seen:
+        return ""
+    head = "".join(f"<th>{html.escape(o)}</th>" for o in seen)
+    rows = "".join(f"<tr><td>{html.escape(cond)}</td>" + "".join(f"<td>{row.get(o, 0)}</td>" for o in seen) + "</tr>"
+                   for cond, row in table.items())  # fmt: skip
+    return ("<p class=muted>Where each episode ended, read off the target's trajectory: a failed one held the "
+            "target above its destination, stacked it on something there, left it elsewhere, or never grasped it."
+            f"</p><table><tr><th>condition</th>{head}</tr>{rows}</table>")
+
+
 def closed_loop_table(run: Run) -> str:
     loops = run.results.get("closed_loop") or {}
     if not loops:
@@ -177,6 +191,8 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, extras: Rep
     if extras.summary:
         parts.append(f"<p>{html.escape(extras.summary)}</p>")
     parts += ["<h2>Effects</h2>", effects_table(run)]
+    if table := outcomes_table(run):
+        parts += ["<h2>How episodes ended</h2>", table]
     if table := controls_table(run):
         parts += ["<h2>Against random-neuron controls</h2>", table]
     if table := closed_loop_table(run):

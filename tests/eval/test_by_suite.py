@@ -11,3 +11,7 @@ def test_success_by_suite_averages_the_episodes_of_each_suite(tmp_path):
                    backend="serial", max_steps=3, progress=False)  # fmt: skip
     assert res.by_suite("success")["unsteered"] == {"object": 0.0, "goal": 0.0, "mean over suites": 0.0}
     assert "object" in res.format_by_suite()
+    assert {r["outcome"] for r in res.rows} == {"target never grasped"}  # the hand never closed on it
+    assert res.outcomes()["unsteered"]["target never grasped"] == 2
+    assert "target never grasped" in res.format_outcomes()
+    assert "outcome" in (tmp_path / "b" / "results.csv").read_text().splitlines()[0].split(",")

@@ -79,3 +79,27 @@ def test_matched_window_ignores_failed_and_crashed_episodes():
 def test_step_speeds_are_finite_differences_at_10_hz():
     p = np.array([[0, 0, 0], [0.03, 0.04, 0]])
     assert step_speeds(p).tolist() == pytest.approx([0.5])
+
+
+def test_episode_outcome_says_where_a_failed_episode_went_wrong():
+    from arrcoc_steer.eval.metrics import OUTCOMES, episode_outcome
+
+    def pose(x, z):
+        return [x, 0.0, z, 1, 0, 0, 0]
+
+    tray = np.array([pose(0.3, 0.0)] * 2)
+    held, never = np.array([0, 1]), np.array([0, 0])
+
+    def outcome(end, grasped=held, dest=tray, push=False):
+        return episode_outcome(False, grasped, np.array([pose(0.1, 0.02), end]), dest, push)
+
+    assert outcome(pose(0.31, 0.17)) == "held above the destination"  # carried over the tray, never lowered
+    assert outcome(pose(0.29, 0.062)) == "stacked at the destination"  # one block up: on a block already there
+    assert outcome(pose(0.30, 0.024)) == "at the destination, not accepted"
+    assert outcome(pose(0.10, 0.02)) == "away from the destination"  # grasped, put back down
+    assert outcome(pose(0.10, 0.02), grasped=never) == "target never grasped"
+    assert outcome(pose(0.10, 0.02), grasped=never, push=True) == "target never moved"
+    assert outcome(pose(0.20, 0.02), grasped=never, push=True) == "away from the destination"
+    assert outcome(pose(0.10, 0.05), dest=np.zeros((0, 7))) == "grasped, not completed"  # lift, dropped
+    assert episode_outcome(True, never, np.zeros((0, 7)), tray) == "success"
+    assert set(OUTCOMES) >= {"success", "held above the destination", "target never grasped"}

@@ -18,7 +18,8 @@ def run_dir(tmp_path_factory):
 def test_report_holds_the_effects_plots_and_videos(run_dir, tmp_path):
     extras = ReportExtras(title="test run", concepts=[ConceptNeurons("fast", ["fast"], [(2, 924, ["fastest", "fast"])])])
     page = write_report(run_dir, tmp_path / "report.html", extras).read_text()
-    for needle in ("<h2>Effects</h2>", "prompt_quickly", "Speed over time", "<video", "fastest, fast", "data:image/png"):
+    for needle in ("<h2>Effects</h2>", "prompt_quickly", "Speed over time", "<video", "fastest, fast", "data:image/png",
+                   "<h2>How episodes ended</h2>", "<th>success</th>"):
         assert needle in page, needle
     assert "src='episodes/" not in page  # self-contained: nothing refers to files next to it
 
