@@ -76,13 +76,15 @@ OUTCOMES = (
     "target never grasped",  # pick tasks: both fingers never held it
     "target never moved",  # push tasks: it never left its start
     "grasped, not completed",  # a task without a destination (lift)
+    "first step done, a later one not",  # multi-step tasks: the first subgoal's target lies at its destination
 )
 
 
 def episode_outcome(success: bool, grasped: np.ndarray, target_pose: np.ndarray, destination_pose: np.ndarray,
-                    push: bool = False) -> str:  # fmt: skip
+                    push: bool = False, steps: int = 1) -> str:  # fmt: skip
     """Which of :data:`OUTCOMES` an episode ended in, from its (T+1,) ``grasped`` flags and (T+1, 7)
-    target and destination poses; ``push``: the task moves the target without grasping it.
+    target and destination poses (those of the task's first subgoal); ``push``: that subgoal moves the
+    target without grasping it; ``steps``: the task's number of subgoals.
 
     >>> start, up = [0.1, 0, 0.02, 1, 0, 0, 0], [0.3, 0, 0.17, 1, 0, 0, 0]
     >>> tray = np.array([[0.3, 0, 0, 1, 0, 0, 0]] * 2)
@@ -100,8 +102,11 @@ def episode_outcome(success: bool, grasped: np.ndarray, target_pose: np.ndarray,
     if len(destination_pose):
         off = np.linalg.norm(target_pose[-1, :2] - np.asarray(destination_pose, np.float64)[-1, :2])
         if off < NEAR_DESTINATION:
-            return ("held above the destination" if lift > HELD_ABOVE else
-                    "stacked at the destination" if lift > STACKED else "at the destination, not accepted")  # fmt: skip
+            if lift > HELD_ABOVE:
+                return "held above the destination"
+            if lift > STACKED:
+                return "stacked at the destination"
+            return "first step done, a later one not" if steps > 1 else "at the destination, not accepted"
     if push:
         moved = np.linalg.norm(target_pose[-1, :2] - target_pose[0, :2]) > 0.01
         return "away from the destination" if moved else "target never moved"

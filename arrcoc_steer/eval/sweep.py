@@ -274,9 +274,9 @@ class SweepResults:
         """A plain-text table of :meth:`outcomes` (the outcomes that occur at all)."""
         table = self.outcomes()
         seen = [o for o in OUTCOMES if any(row[o] for row in table.values())]
-        lines = [f"{'outcomes':34s}" + "".join(f"{o[:26]:>28s}" for o in seen)]
+        lines = [f"{'outcomes':34s}" + "".join(f"  {o}" for o in seen)]
         for cond, row in table.items():
-            lines.append(f"{cond:34s}" + "".join(f"{row[o]:>28d}" for o in seen))
+            lines.append(f"{cond:34s}" + "".join(f"{row[o]:>{len(o) + 2}d}" for o in seen))
         return "\n".join(lines)
 
     def format(self, metrics: Sequence[str] = ("success", "speed_w", "length")) -> str:
@@ -331,7 +331,7 @@ def aggregate(out_dir: str | Path, *, window: int | str = "min", metrics: Sequen
             empty["outcome"] = episode_outcome(bool(r["success"]), arrays.get("grasped", np.zeros(0)),
                                                arrays.get("target_pose", np.zeros((0, 7))),
                                                arrays.get("destination_pose", np.zeros((0, 7))),
-                                               push=_is_push(r["task"]))  # fmt: skip
+                                               *_first_step(r["task"]))  # fmt: skip
         r.update(empty)
     baseline = manifest["baseline"]
     if baseline is not None and baseline not in {r["condition"] for r in rows}:
@@ -356,14 +356,15 @@ def aggregate(out_dir: str | Path, *, window: int | str = "min", metrics: Sequen
     return results
 
 
-def _is_push(task: str) -> bool:
-    """Does ``task`` move its target by pushing (never grasping) it?"""
+def _first_step(task: str) -> tuple[bool, int]:
+    """(does the first subgoal of ``task`` push its target rather than grasp it, how many subgoals)"""
     import envs
 
     try:
-        return all(sg.kind == "push" for sg in envs.get_task(task).subgoals)
-    except UnknownNameError:  # a task registered elsewhere: judged as a pick task
-        return False
+        subgoals = envs.get_task(task).subgoals
+    except UnknownNameError:  # a task registered elsewhere: judged as a one-step pick task
+        return False, 1
+    return subgoals[0].kind == "push", len(subgoals)
 
 
 def _key(row: Mapping) -> str:

@@ -96,6 +96,8 @@ def test_episode_outcome_says_where_a_failed_episode_went_wrong():
     assert outcome(pose(0.31, 0.17)) == "held above the destination"  # carried over the tray, never lowered
     assert outcome(pose(0.29, 0.062)) == "stacked at the destination"  # one block up: on a block already there
     assert outcome(pose(0.30, 0.024)) == "at the destination, not accepted"
+    first_done = episode_outcome(False, held, np.array([pose(0.1, 0.02), pose(0.30, 0.024)]), tray, steps=2)
+    assert first_done == "first step done, a later one not"  # a long task: its second subgoal failed
     assert outcome(pose(0.10, 0.02)) == "away from the destination"  # grasped, put back down
     assert outcome(pose(0.10, 0.02), grasped=never) == "target never grasped"
     assert outcome(pose(0.10, 0.02), grasped=never, push=True) == "target never moved"
