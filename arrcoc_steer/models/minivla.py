@@ -435,7 +435,8 @@ class MiniVLA(nn.Module):
             if cfg.decode == "local_mean":
                 k = torch.arange(cfg.n_bins, device=logits.device)
                 masked = masked.masked_fill((k - top[..., None]).abs() > cfg.decode_window, float("-inf"))
-            actions = (masked.softmax(-1) @ centers).cpu().numpy().astype(np.float32)
+            with torch.autocast(logits.device.type, enabled=False):  # float32 even inside a caller's bf16 autocast
+                actions = (masked.softmax(-1) @ centers).cpu().numpy().astype(np.float32)
         if cfg.release_threshold is not None and state is not None:
             opens = fingers_closed(state) & (self.release_probability(logits) > cfg.release_threshold)
             actions[opens.cpu().numpy(), GRIPPER_DIM] = -1.0

@@ -186,6 +186,18 @@ def test_mean_decoding_keeps_a_share_of_the_second_mode(policy):
     np.testing.assert_allclose(policy.decode_actions(logits)[0], centers[128], atol=1e-6)
 
 
+def test_mean_decoding_is_float32_inside_a_bf16_autocast(policy):
+    logits = torch.randn(2, 7, 256)
+    policy.config.decode = "mean"
+    try:
+        plain = policy.decode_actions(logits)
+        with torch.autocast("cpu", dtype=torch.bfloat16):
+            autocast = policy.decode_actions(logits)
+    finally:
+        policy.config.decode = "argmax"
+    np.testing.assert_array_equal(autocast, plain)
+
+
 def test_an_unknown_decoding_is_refused():
     from arrcoc_steer.models.minivla import MiniVLAConfig
 
