@@ -168,7 +168,7 @@ def pointer_loss(out, truth: torch.Tensor) -> torch.Tensor:
 def carry_frames(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     """(B,) bool: the hand is closed, stays closed and moves sideways by over 0.3 of the largest step:
     the carry and push phases, the frames where the destination decides the action."""
-    return fingers_closed(state) & (action[:, GRIPPER_DIM] > 0) & (action[:, :2].norm(dim=1) > 0.3)
+    return _keeps_hand_closed(state, action) & (action[:, :2].norm(dim=1) > 0.3)
 
 
 def lower_frames(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
@@ -176,8 +176,12 @@ def lower_frames(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
     moving sideways by less: lowering a held block onto its destination (or a closed hand to push
     height). Its onset is one frame per placement among many carry frames that say "stay up", so
     without extra weight a policy hovers over the destination."""
-    return (fingers_closed(state) & (action[:, GRIPPER_DIM] > 0) & (action[:, 2] < -0.3)
-            & (action[:, :2].norm(dim=1) < 0.3))  # fmt: skip
+    return _keeps_hand_closed(state, action) & (action[:, 2] < -0.3) & (action[:, :2].norm(dim=1) < 0.3)
+
+
+def _keeps_hand_closed(state: torch.Tensor, action: torch.Tensor) -> torch.Tensor:
+    """(B,) bool: the fingers are closed and the action keeps them closed (not a release)."""
+    return fingers_closed(state) & (action[:, GRIPPER_DIM] > 0)
 
 
 def smoothed_targets(bins: torch.Tensor, n_bins: int, sigma: float) -> torch.Tensor:

@@ -36,8 +36,10 @@ def run(model: MiniVLA, task: str, seed: int, oracle: bool, budget: int, error_s
         obs, info = env.reset(seed=seed)
         errors, done, t = [], False, 0
         while not done and (max_steps is None or t < max_steps):
-            counts = np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")])
-            truth = true_pointer(torch.from_numpy(counts)[None], 2)
+            truth = None
+            if oracle or t < error_steps:  # the segmentation, only where it is read
+                counts = np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")])
+                truth = true_pointer(torch.from_numpy(counts)[None], 2)
             out, state, _ = model.observe(obs, obs["instruction"], budget, pointer=truth if oracle else None)
             if t < error_steps:
                 own = out.pointer if not oracle else model.observe(obs, obs["instruction"], budget)[0].pointer

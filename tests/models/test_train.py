@@ -241,6 +241,18 @@ def test_cached_outputs_give_the_logits_of_the_full_forward_pass():
     torch.testing.assert_close(cache.true_pointer, out.pointer)  # no labels: the predicted pointer
 
 
+def loss_only_trainer(**cfg) -> Trainer:
+    """A Trainer with just what ``action_loss`` reads: a 256-bin tokenizer and the config."""
+    from types import SimpleNamespace
+
+    from arrcoc_steer.models.action_tokens import ActionTokenizer
+
+    trainer = Trainer.__new__(Trainer)
+    trainer.model = SimpleNamespace(action_tokenizer=ActionTokenizer(1, 256), config=SimpleNamespace(n_bins=256))
+    trainer.cfg = TrainConfig(**cfg)
+    return trainer
+
+
 def test_carry_frames_are_closed_hands_moving_sideways_and_carry_weight_counts_them():
     from arrcoc_steer.train import carry_frames
 
@@ -251,15 +263,8 @@ def test_carry_frames_are_closed_hands_moving_sideways_and_carry_weight_counts_t
     action[:, 6] = torch.tensor([1.0, 1.0, 1.0, -1.0])  # the last one is opening: a release
     assert carry_frames(state, action).tolist() == [True, False, False, False]
 
-    from types import SimpleNamespace
-
-    from arrcoc_steer.models.action_tokens import ActionTokenizer
-
-    model = SimpleNamespace(action_tokenizer=ActionTokenizer(1, 256), config=SimpleNamespace(n_bins=256))
     logits = torch.randn(4, 7, 256)
-    plain, heavy = Trainer.__new__(Trainer), Trainer.__new__(Trainer)
-    plain.model, plain.cfg = model, TrainConfig()
-    heavy.model, heavy.cfg = model, TrainConfig(carry_weight=1e6)
+    plain, heavy = loss_only_trainer(), loss_only_trainer(carry_weight=1e6)
     only_first, _ = plain.action_loss(logits[:1], action[:1], state[:1])
     everything, _ = plain.action_loss(logits, action, state)
     weighted, _ = heavy.action_loss(logits, action, state)
@@ -278,15 +283,8 @@ def test_lower_frames_are_closed_hands_descending_in_place_and_lower_weight_coun
     action[:, 6] = 1.0
     assert lower_frames(state, action).tolist() == [True, True, False, False, False]
 
-    from types import SimpleNamespace
-
-    from arrcoc_steer.models.action_tokens import ActionTokenizer
-
-    model = SimpleNamespace(action_tokenizer=ActionTokenizer(1, 256), config=SimpleNamespace(n_bins=256))
     logits = torch.randn(5, 7, 256)
-    plain, heavy = Trainer.__new__(Trainer), Trainer.__new__(Trainer)
-    plain.model, plain.cfg = model, TrainConfig()
-    heavy.model, heavy.cfg = model, TrainConfig(lower_weight=1e6)
+    plain, heavy = loss_only_trainer(), loss_only_trainer(lower_weight=1e6)
     lowering, _ = plain.action_loss(logits[:2], action[:2], state[:2])
     weighted, _ = heavy.action_loss(logits, action, state)
     assert weighted.item() == pytest.approx(lowering.item(), rel=1e-4)
