@@ -7,7 +7,10 @@ one visual budget (half of them 64..128, the rest up to 400) and a random alloca
 allocation without retraining. Images get random shifts (DrQ). Mixed precision (bf16) on CPU and
 GPU. Checkpoints hold the model, the optimizer and every RNG, so ``resume`` continues the same run.
 ``--train-only head --head-cache N`` refits only the action head, on the frozen backbone's outputs
-for N frames computed once (:mod:`arrcoc_steer.head_cache`).
+for N frames computed once (:mod:`arrcoc_steer.head_cache`). ``--train-only grounding`` adds the
+text-conditioned grounding correction (:class:`~arrcoc_steer.models.minivla.GroundingFiLM`) to a
+trained policy and fits only it, on the grounding and pointer losses: the backbone and the action
+head stay exactly as they were.
 
     arrcoc-steer train --data data/demos --out runs/minivla
 """
@@ -59,7 +62,7 @@ class TrainConfig:
     resume: bool = option(True, 'continue from out/checkpoint when it exists')
     init: str = option("", 'start from the weights of this saved model (fine-tuning, e.g. on new demos); "" = fresh')
     train_only: str = option(
-        "all", 'all | head: "head" trains only the action head and its pointer input (backbone and vision frozen and run forward only: 1.75 vs 3.98 s per CPU step measured)'
+        "all", 'all | head | grounding: "head" trains only the action head and its pointer input (backbone and vision frozen and run forward only: 1.75 vs 3.98 s per CPU step measured); "grounding" adds and trains only the text-conditioned grounding correction, on the grounding losses'
     )
     max_minutes: float = option(
         0.0, 'wall-clock budget of this run: steps is lowered to what fits, timed on its first 25 steps (0 = none)'
@@ -91,7 +94,7 @@ class TrainConfig:
 
 
 # What ``train_only`` leaves trainable (parameter-name prefixes; None = everything that trains).
-TRAINABLE = {"all": None, "head": ("head.", "head_bias", "pointer_proj.")}
+TRAINABLE = {"all": None, "head": ("head.", "head_bias", "pointer_proj."), "grounding": ("grounding_film.",)}
 CACHE_BATCH = 64  # frames per forward pass while caching: 256 ran 2.3x slower per frame on the 2-core CPU (page faults)
 BUDGET_PROBE = (5, 25)  # steps into a run between which ``max_minutes`` times a step (after warm-up kernels)
 
@@ -204,12 +207,17 @@ class Trainer:
             self.model = MiniVLA.from_pretrained(cfg.init, self.device).train()
         else:
             self.model = MiniVLA(model_config).to(self.device).train()
+        if cfg.train_only == "grounding":
+            self.model.add_grounding_film()
         prefixes = TRAINABLE[cfg.train_only]
         if prefixes is not None:  # nothing upstream of the head needs a gradient: autograd skips it
             for name, p in self.model.named_parameters():
                 p.requires_grad_(name.startswith(prefixes))
         self.grid = self.model.region_grid
         self.data = FrameDataset(list(cfg.data))
+        if cfg.train_only == "grounding" and not self.data.has_grounding:
+            raise ConfigError(f"train_only='grounding' needs grounding labels; {list(cfg.data)} has none "
+                              "(collect demos with `arrcoc-steer collect`, which records them)")  # fmt: skip
         self.train_rows, self.val_rows = self.data.split(cfg.holdout_frac, cfg.seed + 1)
         self.optimizer = self._make_optimizer()
         self.step = 0
@@ -268,8 +276,9 @@ class Trainer:
         images, state, ids, mask, allocations = self.model_inputs(batch, augment, self.rng)
         counts = torch.from_numpy(batch["grounding"]).to(self.device) if "grounding" in batch else None
         truth = true_pointer(counts, self.grid.n_cameras) if counts is not None else None
+        grounding_only = self.cfg.train_only == "grounding"
         teacher = None
-        if truth is not None and augment and self.cfg.teacher_forcing > 0:
+        if truth is not None and augment and self.cfg.teacher_forcing > 0 and not grounding_only:
             use = torch.from_numpy(self.rng.random(len(rows)) < self.cfg.teacher_forcing).to(self.device)
             teacher = (truth, use)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
@@ -279,7 +288,8 @@ class Trainer:
         if counts is not None and self.cfg.grounding_weight > 0:
             g_loss = grounding_loss(out, counts)
             p_loss = pointer_loss(out, truth)
-            loss = loss + self.cfg.grounding_weight * (g_loss + POINTER_WEIGHT * p_loss)
+            g_total = g_loss + POINTER_WEIGHT * p_loss
+            loss = g_total if grounding_only else loss + self.cfg.grounding_weight * g_total
             stats.update(grounding_loss=g_loss.item(), pointer_l1=p_loss.item())
         stats["loss"] = loss.item()
         return loss, stats
@@ -441,10 +451,11 @@ def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
         offset += stage[-1]["step"] if stage else 0
     steps = [r["step"] for r in recs]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    axes[0].plot(steps, [r["loss"] for r in recs], label="train")
+    # the action loss, not the total: stages differ in what else they add (grounding, or only that)
+    axes[0].plot(steps, [r.get("action_loss", r["loss"]) for r in recs], label="train")
     if "val_loss" in recs[-1]:
-        axes[0].plot(steps, [r.get("val_loss", np.nan) for r in recs], label="held-out")
-    axes[0].set(xlabel="step", ylabel="bin cross-entropy", title="loss")
+        axes[0].plot(steps, [r.get("val_action_loss", r.get("val_loss", np.nan)) for r in recs], label="held-out")
+    axes[0].set(xlabel="step", ylabel="bin cross-entropy", title="action loss")
     axes[1].plot(steps, [r.get("val_l1_xyz", r["l1_xyz"]) for r in recs], label="xyz")
     axes[1].plot(steps, [r.get("val_l1_grip", r["l1_grip"]) for r in recs], label="gripper")
     axes[1].set(xlabel="step", ylabel="mean |error| (action units)", title="held-out action error", yscale="log")
@@ -454,7 +465,7 @@ def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
         ax.legend()
         ax.grid(alpha=0.3)
     if starts:
-        axes[0].set_title("loss (dotted: a fine-tuning stage starts)")
+        axes[0].set_title("action loss (dotted: a fine-tuning stage starts)")
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)

@@ -128,7 +128,8 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
         stages.append(
             f"{i + 1}. {stage_command(cfg, t, train[i - 1] if i else None)}: step {last['step']}, action loss "
             f"{last['action_loss']:.3f}, held-out action loss {last.get('val_action_loss', float('nan')):.3f}, held-out "
-            f"|error| xyz {last.get('val_l1_xyz', float('nan')):.4f} / gripper {last.get('val_l1_grip', float('nan')):.4f}; "
+            f"|error| xyz {last.get('val_l1_xyz', float('nan')):.4f} / gripper {last.get('val_l1_grip', float('nan')):.4f}"
+            + (f", held-out pointer L1 {last['val_pointer_l1']:.4f}" if "val_pointer_l1" in last else "") + "; "
             f"{last['samples_per_s']:.1f} samples/s, about {minutes:.0f} min on the machine that trained it."
         )  # fmt: skip
     parts = [

@@ -38,6 +38,7 @@ from .vision import VisualTokenizer
 
 WEIGHTS_NAME = "model.safetensors"
 DECODINGS = ("argmax", "local_mean", "mean")
+GROUNDINGS = ("linear", "film")
 DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "minivla"  # shipped policy
 # What each visual token shows, relative to the task: trained from the simulator's segmentation, read
 # by the action head as "where are the gripper, the target and the destination" (pointer features).
@@ -84,6 +85,34 @@ def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int
         feats.append(torch.cat([xy, presence[..., None]], -1))
     return torch.stack(feats, 1)  # (B, n_cam, K, 3)
 CONFIG_NAME = "config.json"
+
+
+class GroundingFiLM(nn.Module):
+    """A text-conditioned correction to the linear grounding head: which visual token shows the
+    block the instruction names.
+
+    The linear head reads each token's backbone output alone and left half of the held-out first
+    frames of the object suite pointing at a block of the wrong colour: the binding of a colour or
+    relation word to a token has to happen inside the backbone, and did not generalise. Here an MLP
+    reads the token's backbone output *and* the CNN features that went in (colour, shape, untouched by
+    the backbone), modulated (FiLM) by a summary of the instruction (the mean backbone output over its
+    words). The last layer starts at zero, so adding it to a trained policy changes nothing until it
+    is trained (``arrcoc-steer train --train-only grounding``).
+    """
+
+    def __init__(self, d: int, hidden: int, n_classes: int = len(GROUNDING_CLASSES)):
+        super().__init__()
+        self.tokens = nn.Linear(2 * d, hidden)
+        self.film = nn.Linear(d, 2 * hidden)
+        self.mlp = nn.Sequential(nn.GELU(), nn.Linear(hidden, hidden), nn.GELU(), nn.Linear(hidden, n_classes))
+        nn.init.zeros_(self.mlp[-1].weight)
+        nn.init.zeros_(self.mlp[-1].bias)
+
+    def forward(self, visual_out: torch.Tensor, visual_in: torch.Tensor, text: torch.Tensor) -> torch.Tensor:
+        """(B, T, d) backbone outputs, (B, T, d) CNN tokens, (B, d) instruction summary -> (B, T, C)."""
+        x = self.tokens(torch.cat([visual_out, visual_in.to(visual_out.dtype)], -1))
+        scale, shift = self.film(text.to(x.dtype))[:, None].chunk(2, -1)
+        return self.mlp(x * (1 + scale) + shift)
 
 
 def minilm_path() -> str:
@@ -136,6 +165,10 @@ class MiniVLAConfig:
         "intermediate.dense",
     )
     default_budget: int = 100  # visual tokens when a call names neither budget nor allocation
+    # "linear": grounding logits are a linear read of the backbone's visual outputs; "film" adds a
+    # text-conditioned MLP over those outputs and the CNN tokens that went in (see GroundingFiLM).
+    grounding: str = "linear"
+    grounding_hidden: int = 256
     decode: str = "argmax"  # argmax | local_mean | mean (see MiniVLA.decode_actions)
     decode_window: int = 8  # bins either side of the most likely one averaged by local_mean
     # P(open) above which a hand whose fingers are closed opens fully; None decodes the gripper like the
@@ -147,6 +180,8 @@ class MiniVLAConfig:
     def __post_init__(self):
         self.lora_targets = tuple(self.lora_targets)
         check_budget(self.default_budget)
+        if self.grounding not in GROUNDINGS:
+            raise ConfigError(f"grounding must be one of {GROUNDINGS}, got {self.grounding!r}")
         if self.decode not in DECODINGS:
             raise ConfigError(f"decode must be one of {DECODINGS}, got {self.decode!r}")
         if self.release_threshold is not None and not 0 < self.release_threshold < 1:
@@ -201,6 +236,7 @@ class MiniVLA(nn.Module):
         self.visual = VisualTokenizer(config.region_grid, d, config.cell_dim, config.cnn_width)
         self.proprio = nn.Sequential(nn.Linear(config.state_dim, d), nn.GELU(), nn.Linear(d, d))
         self.grounding_head = nn.Linear(d, len(GROUNDING_CLASSES))
+        self.grounding_film = GroundingFiLM(d, config.grounding_hidden) if config.grounding == "film" else None
         self.grid_cameras = config.region_grid.n_cameras
         self.pointer_proj = nn.Sequential(nn.Linear(POINTER_DIM * self.grid_cameras, d), nn.GELU(), nn.Linear(d, d))
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
@@ -228,6 +264,14 @@ class MiniVLA(nn.Module):
         norm = weight[1000:].norm(dim=1).median()  # a typical word's norm
         rows = slice(cfg.action_first_id, cfg.action_first_id + cfg.n_bins)
         weight[rows] = (code.float() @ basis.t()) * norm
+
+    def add_grounding_film(self) -> None:
+        """Give a policy with the linear grounding head the text-conditioned correction (a no-op
+        until trained; already there: nothing changes)."""
+        if self.grounding_film is None:
+            d = self.backbone.config.hidden_size
+            self.grounding_film = GroundingFiLM(d, self.config.grounding_hidden).to(self.device)
+            self.config.grounding = "film"
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -317,6 +361,10 @@ class MiniVLA(nn.Module):
             self._roles = None
         visual_out = hidden[:, n_text + 1 : n_text + 1 + n_vis]  # (B, T, d)
         grounding = self.grounding_head(visual_out).float()  # (B, T, C)
+        if self.grounding_film is not None:
+            words = text_mask[..., None].to(hidden.dtype)
+            summary = (hidden[:, :n_text] * words).sum(1) / words.sum(1).clamp_min(1)  # (B, d)
+            grounding = grounding + self.grounding_film(visual_out, visual, summary).float()
         pointer = pointer_features(grounding, geom, self.grid_cameras)  # (B, n_cam, K, 3)
         read = pointer
         if teacher_pointer is not None:

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from arrcoc_steer.errors import CheckpointError, ConfigError
-from arrcoc_steer.models.minivla import MiniVLA
+from arrcoc_steer.models.minivla import MiniVLA, MiniVLAConfig
 from tests.models.conftest import make_observation
 
 INSTRUCTION = "put the red block in the tray"
@@ -270,3 +270,28 @@ def test_an_off_square_grasp_counts_as_closed_fingers():
     open_hand = held.copy()
     open_hand[:, 7:9] = 0.045
     assert not fingers_closed(open_hand).any()
+
+
+def test_grounding_film_starts_as_a_no_op_and_survives_a_round_trip(tmp_path):
+    model = MiniVLA(MiniVLAConfig()).eval()
+    obs = make_observation(np.random.default_rng(11))
+    linear = model.observe(obs, INSTRUCTION, budget=100)[0]
+    model.add_grounding_film()
+    assert model.config.grounding == "film"
+    added = model.observe(obs, INSTRUCTION, budget=100)[0]
+    torch.testing.assert_close(added.grounding_logits, linear.grounding_logits)  # zero-initialised output
+    with torch.no_grad():
+        model.grounding_film.mlp[-1].weight.normal_()
+    trained = model.observe(obs, INSTRUCTION, budget=100)[0]
+    assert (trained.grounding_logits - linear.grounding_logits).abs().max() > 0.1  # it is wired in
+    other = model.observe(obs, "put the blue block in the tray", budget=100)[0]
+    assert not torch.allclose(other.grounding_logits, trained.grounding_logits)  # and reads the words
+    model.save_pretrained(tmp_path)
+    loaded = MiniVLA.from_pretrained(tmp_path)
+    assert loaded.config.grounding == "film"
+    torch.testing.assert_close(loaded.observe(obs, INSTRUCTION, budget=100)[0].grounding_logits, trained.grounding_logits)
+
+
+def test_unknown_grounding_kind_is_refused():
+    with pytest.raises(ConfigError, match="grounding must be one of"):
+        MiniVLAConfig(grounding="attention")

@@ -1,11 +1,15 @@
+import json
+
 import numpy as np
 import pytest
 import torch
+from safetensors import safe_open
+from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from arrcoc_steer.errors import ConfigError
 from arrcoc_steer.regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
-from arrcoc_steer.train import TrainConfig, Trainer, sample_allocations, smoothed_targets
+from arrcoc_steer.train import POINTER_WEIGHT, TrainConfig, Trainer, sample_allocations, smoothed_targets
 from tests.models.conftest import write_fake_episodes
 
 
@@ -49,7 +53,6 @@ def test_init_fine_tunes_from_a_saved_model(tmp_path):
 
 
 def test_max_minutes_lowers_the_steps_to_what_the_timed_steps_leave_room_for(tmp_path, monkeypatch):
-    import json
     import types
 
     import arrcoc_steer.train as train_module
@@ -82,6 +85,32 @@ def test_train_only_head_changes_the_head_and_nothing_upstream(tmp_path):
     head = [k for k in before if k.startswith(("head.", "head_bias", "pointer_proj."))]
     assert head and all(not torch.equal(before[k], after[k]) for k in head)
     assert all(torch.equal(before[k], after[k]) for k in before if k not in head)  # vision, LoRA, token rows
+
+
+def test_train_only_grounding_adds_the_film_and_fits_it_on_the_grounding_losses_alone(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=4)
+    trainer = Trainer(small_config(tmp_path, steps=2, train_only="grounding", lr=1e-2))
+    assert trainer.model.grounding_film is not None
+    _, stats = trainer.loss_on(np.arange(4), augment=True)
+    assert stats["loss"] == pytest.approx(stats["grounding_loss"] + POINTER_WEIGHT * stats["pointer_l1"], rel=1e-5)
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    model_dir = trainer.run()
+    after = trainer.model.trainable_state_dict()
+    film = [k for k in before if k.startswith("grounding_film.")]
+    assert film and any(not torch.equal(before[k], after[k]) for k in film)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in film)  # head, vision, LoRA, linear head
+    assert json.loads((model_dir / "config.json").read_text())["grounding"] == "film"
+
+
+def test_train_only_grounding_needs_grounding_labels(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=2, length=4)
+    for path in (tmp_path / "demos").glob("*.safetensors"):
+        with safe_open(str(path), "np") as f:
+            arrays = {k: f.get_tensor(k) for k in f.keys() if k != "grounding"}
+            meta = f.metadata()
+        save_numpy(arrays, str(path), metadata=meta)
+    with pytest.raises(ConfigError, match="grounding labels"):
+        Trainer(small_config(tmp_path, train_only="grounding"))
 
 
 def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
@@ -192,8 +221,6 @@ def test_release_calibration_writes_its_threshold_into_the_checkpoint(tmp_path):
 
 
 def test_head_cache_refits_only_the_head_and_reuses_the_cache_until_something_changes(tmp_path, monkeypatch):
-    import json
-
     import arrcoc_steer.head_cache as head_cache
 
     write_fake_episodes(tmp_path / "demos", n=4)
