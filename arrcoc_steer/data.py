@@ -114,3 +114,32 @@ class FrameDataset:
         batch = {k: np.stack(v) for k, v in out.items()}
         batch["instruction"] = instructions
         return batch
+
+
+def random_observation(rng: np.random.Generator, batch: int | None = None) -> dict[str, np.ndarray]:
+    """An observation of random pixels and state (one, or ``batch`` stacked): for tests and timing."""
+    lead = () if batch is None else (batch,)
+    return {
+        "agentview": rng.integers(0, 256, (*lead, 128, 128, 3), dtype=np.uint8),
+        "wrist": rng.integers(0, 256, (*lead, 128, 128, 3), dtype=np.uint8),
+        "state": rng.normal(size=(*lead, 9)).astype(np.float32),
+    }
+
+
+def write_random_episodes(directory: str | Path, n: int = 4, length: int = 12, seed: int = 0) -> None:
+    """``n`` episode files in the dataset format with random content and grounding labels: what tests
+    and benchmarks train on when the timing or the plumbing, not the behaviour, is measured."""
+    from safetensors.numpy import save_file
+
+    rng = np.random.default_rng(seed)
+    directory = Path(directory)
+    directory.mkdir(parents=True, exist_ok=True)
+    for e in range(n):
+        arrays = random_observation(rng, length)
+        arrays["action"] = rng.uniform(-1, 1, (length, 7)).astype(np.float32)
+        # every 8x8 cell of both cameras split into random class counts summing to 64
+        split = np.sort(rng.integers(0, 65, (length, 512, 4)), -1)
+        edges = np.concatenate([np.zeros((length, 512, 1)), split, np.full((length, 512, 1), 64)], -1)
+        arrays[GROUNDING_KEY] = np.diff(edges, axis=-1).astype(np.uint8)
+        meta = {"instruction": ["put the red block in the tray", "lift the blue block quickly"][e % 2], "success": True}
+        save_file(arrays, str(directory / f"episode_{e:05d}.safetensors"), metadata={"episode": json.dumps(meta)})

@@ -33,7 +33,7 @@ def median_step_seconds(trainer, steps: int) -> float:
 
 def main(argv: list[str] | None = None) -> int:
     from arrcoc_steer.train import TrainConfig, Trainer
-    from tests.models.conftest import write_fake_episodes
+    from arrcoc_steer.data import write_random_episodes
 
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--batch", type=int, default=64, help="frames per step through the backbone (baseline)")
@@ -44,7 +44,7 @@ def main(argv: list[str] | None = None) -> int:
 
     with tempfile.TemporaryDirectory() as tmp:
         tmp = Path(tmp)
-        write_fake_episodes(tmp / "demos", n=8, length=80)
+        write_random_episodes(tmp / "demos", n=8, length=80)
         common = dict(data=(str(tmp / "demos"),), train_only="head", holdout_frac=0.1, log_every=10**6)
         direct = Trainer(TrainConfig(out=str(tmp / "direct"), batch_size=args.batch, **common))
         t0 = time.perf_counter()
