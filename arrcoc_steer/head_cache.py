@@ -1,4 +1,5 @@
-"""Cached backbone outputs, so the action head can be refitted for many epochs in minutes.
+"""Cached backbone outputs, so the action head or the grounding correction can be refitted for many
+epochs in minutes.
 
 With the backbone and vision frozen (``arrcoc-steer train --train-only head``), everything upstream
 of :meth:`MiniVLA.action_head` is a fixed function of (images, allocation, instruction, state). One
@@ -7,7 +8,12 @@ training draws them) stores what the head reads: the backbone's output at the 7 
 predicted pointer, the true pointer and the action. Fitting the head on that cache costs ~1 ms per
 sample instead of ~27 ms on the 2-core CPU, so it sees each frame many times.
 
-The cache is a safetensors file whose metadata names what it was built from (a hash of the model's
+``--train-only grounding`` caches what :meth:`MiniVLA.ground` reads instead (:class:`GroundingCache`):
+per visual token the backbone's output and the CNN token that went in, the instruction's summary,
+the token geometry, the token's class labels, and the true pointer. Visual tokens number 64..400 by
+budget, so that cache is kept as chunks, one per forward pass, each one training batch at one budget.
+
+A cache is a safetensors file whose metadata names what it was built from (a hash of the model's
 weights, the frames, the seed and the sampling settings); :func:`load_or_build` rebuilds it when any
 of them differ, never reuses a stale one.
 """
@@ -47,9 +53,43 @@ class HeadCache:
     def to(self, device: torch.device) -> HeadCache:
         return HeadCache(*(getattr(self, f).to(device) for f in FIELDS))
 
-    def save(self, path: Path, meta: dict) -> None:
-        tensors = {f: getattr(self, f).contiguous().cpu() for f in FIELDS}
-        save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)})
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f: getattr(self, f) for f in FIELDS}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> HeadCache:
+        return cls(*(tensors[f] for f in FIELDS))
+
+
+GROUNDING_FIELDS = ("visual_out", "visual_in", "text", "geom", "labels", "true_pointer")
+
+
+@dataclass
+class GroundingCache:
+    """What the grounding heads read, as chunks of frames that share one visual budget; each chunk
+    holds ``visual_out``, ``visual_in`` (n, T, d) bf16, ``text`` (n, d) bf16, ``geom`` (n, T, 4),
+    ``labels`` (n, T, C) (the class mix of the pixels each token pools) and ``true_pointer``."""
+
+    chunks: list[dict[str, torch.Tensor]]
+
+    def __len__(self) -> int:
+        return sum(len(c["text"]) for c in self.chunks)
+
+    def to(self, device: torch.device) -> GroundingCache:
+        return GroundingCache([{k: v.to(device) for k, v in c.items()} for c in self.chunks])
+
+    def tensors(self) -> dict[str, torch.Tensor]:
+        return {f"{i}.{k}": v for i, c in enumerate(self.chunks) for k, v in c.items()}
+
+    @classmethod
+    def from_tensors(cls, tensors: dict[str, torch.Tensor]) -> GroundingCache:
+        n = 1 + max(int(k.split(".")[0]) for k in tensors)
+        return cls([{f: tensors[f"{i}.{f}"] for f in GROUNDING_FIELDS} for i in range(n)])
+
+
+def save(cache: HeadCache | GroundingCache, path: Path, meta: dict) -> None:
+    tensors = {k: v.contiguous().cpu() for k, v in cache.tensors().items()}
+    save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)})
 
 
 def weights_digest(model: torch.nn.Module) -> str:
@@ -97,13 +137,41 @@ def build(
     return HeadCache(*(torch.cat(parts[f]) for f in FIELDS))
 
 
-def load_or_build(path: Path, meta: dict, make: Callable[[], HeadCache]) -> HeadCache:
-    """The cache at ``path`` if it was built with exactly ``meta``; else ``make()``, saved there."""
+@torch.no_grad()
+def build_grounding(
+    rows: np.ndarray,
+    forward: Callable[[np.ndarray], tuple[object, dict]],
+    batch_size: int,
+    desc: str,
+) -> GroundingCache:
+    """Run ``forward(rows_chunk) -> (PolicyOutput, batch)`` over ``rows`` and keep what the grounding
+    heads read, one chunk per call."""
+    from .train import token_labels, true_pointer
+
+    chunks = []
+    for start in tqdm(range(0, len(rows), batch_size), desc=desc, unit="batch"):
+        out, batch = forward(rows[start : start + batch_size])
+        seen = out.grounding_inputs
+        counts = torch.from_numpy(np.asarray(batch["grounding"])).to(out.pooling.device)
+        chunks.append({
+            "visual_out": seen.visual_out.to(torch.bfloat16).cpu(),
+            "visual_in": seen.visual_in.to(torch.bfloat16).cpu(),
+            "text": seen.text.to(torch.bfloat16).cpu(),
+            "geom": seen.geom.float().cpu(),
+            "labels": token_labels(out.pooling, counts).cpu(),
+            "true_pointer": true_pointer(counts, out.pointer.shape[1]).float().cpu(),
+        })  # fmt: skip
+    return GroundingCache(chunks)
+
+
+def load_or_build(path: Path, meta: dict, make: Callable[[], HeadCache | GroundingCache],
+                  kind: type = HeadCache) -> HeadCache | GroundingCache:  # fmt: skip
+    """The cache (a ``kind``) at ``path`` if it was built with exactly ``meta``; else ``make()``, saved there."""
     if stored_meta(path) == json.loads(json.dumps(meta, sort_keys=True)):
         with safe_open(str(path), "pt") as f:
-            return HeadCache(*(f.get_tensor(k) for k in FIELDS))
+            return kind.from_tensors({k: f.get_tensor(k) for k in f.keys()})
     cache = make()
     tmp = path.with_name(path.name + ".tmp")
-    cache.save(tmp, meta)
+    save(cache, tmp, meta)
     tmp.replace(path)
     return cache

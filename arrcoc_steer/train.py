@@ -68,8 +68,9 @@ class TrainConfig:
         0.0, 'wall-clock budget of this run: steps is lowered to what fits, timed on its first 25 steps (0 = none)'
     )
     head_cache: int = option(
-        0, 'with --train-only head: run the frozen backbone once over this many training frames and fit the head on its cached outputs, many epochs in minutes (0 = off)'
+        0, 'with --train-only head or grounding: run the frozen backbone once over this many training frames and fit the head (or the grounding correction) on its cached outputs, many epochs in minutes (0 = off)'
     )
+    early_frac: float = option(0.0, 'share of training frames drawn from the first frames of episodes (t <= 5), where the policy picks which block to fetch')
     carry_weight: float = option(1.0, 'loss weight of carry frames (hand closed, moving sideways: where the destination decides the action)')
     lower_weight: float = option(1.0, 'loss weight of lowering frames (hand closed, descending: the placement the carry ends in)')
 
@@ -84,8 +85,10 @@ class TrainConfig:
             raise ConfigError(f"train_only must be one of {sorted(TRAINABLE)}, got {self.train_only!r}")
         if not self.max_minutes >= 0:
             raise ConfigError(f"max_minutes must be >= 0 (0 = no budget), got {self.max_minutes}")
-        if self.head_cache < 0 or (self.head_cache and self.train_only != "head"):
-            raise ConfigError(f"head_cache must be 0, or a frame count with train_only='head' (the backbone must be "
+        if not 0 <= self.early_frac <= 1:
+            raise ConfigError(f"early_frac must be in [0, 1], got {self.early_frac}")
+        if self.head_cache < 0 or (self.head_cache and self.train_only not in CACHEABLE):
+            raise ConfigError(f"head_cache must be 0, or a frame count with train_only in {CACHEABLE} (the backbone must be "
                               f"frozen for its outputs to be cached); got head_cache={self.head_cache}, "
                               f"train_only={self.train_only!r}")  # fmt: skip
         for name in ("carry_weight", "lower_weight"):
@@ -95,6 +98,8 @@ class TrainConfig:
 
 # What ``train_only`` leaves trainable (parameter-name prefixes; None = everything that trains).
 TRAINABLE = {"all": None, "head": ("head.", "head_bias", "pointer_proj."), "grounding": ("grounding_film.",)}
+CACHEABLE = ("head", "grounding")
+EARLY_STEPS = 5  # ``early_frac`` draws from frames t <= EARLY_STEPS of each episode
 CACHE_BATCH = 64  # frames per forward pass while caching: 256 ran 2.3x slower per frame on the 2-core CPU (page faults)
 BUDGET_PROBE = (5, 25)  # steps into a run between which ``max_minutes`` times a step (after warm-up kernels)
 
@@ -139,10 +144,16 @@ def grounding_loss(out, cell_counts: torch.Tensor) -> torch.Tensor:
     ``cell_counts`` (B, n_cam * cells, C) counts the pixels of each grounding class in each feature
     cell; a token's label is the class distribution over the cells it averages.
     """
+    labels = token_labels(out.pooling, cell_counts)  # (B, T, C)
+    return -(labels * torch.log_softmax(out.grounding_logits, -1)).sum(-1).mean()
+
+
+def token_labels(pooling: torch.Tensor, cell_counts: torch.Tensor) -> torch.Tensor:
+    """Each visual token's class distribution: the pixels of the cells it averages.
+    (B, T, cells) pooling + (B, cells, C) counts -> (B, T, C)."""
     cells = cell_counts.float()
     cells = cells / cells.sum(-1, keepdim=True).clamp_min(1)
-    labels = torch.bmm(out.pooling.float(), cells)  # (B, T, C)
-    return -(labels * torch.log_softmax(out.grounding_logits, -1)).sum(-1).mean()
+    return torch.bmm(pooling.float(), cells)
 
 
 def true_pointer(cell_counts: torch.Tensor, n_cam: int) -> torch.Tensor:
@@ -219,14 +230,24 @@ class Trainer:
             raise ConfigError(f"train_only='grounding' needs grounding labels; {list(cfg.data)} has none "
                               "(collect demos with `arrcoc-steer collect`, which records them)")  # fmt: skip
         self.train_rows, self.val_rows = self.data.split(cfg.holdout_frac, cfg.seed + 1)
+        self.early_rows = self.train_rows[self.data.index[self.train_rows, 1] <= EARLY_STEPS]
         self.optimizer = self._make_optimizer()
         self.step = 0
         self.cache = self.val_cache = None
         self.cache_seconds = 0.0  # building (or reading) the --head-cache caches: part of the run's cost
         if cfg.head_cache:
             t0 = time.perf_counter()
-            self.cache, self.val_cache = self._head_caches()
+            self.cache, self.val_cache = self._caches()
             self.cache_seconds = time.perf_counter() - t0
+
+    def draw_rows(self, n: int, rng: np.random.Generator) -> np.ndarray:
+        """``n`` training frames: the share ``early_frac`` from episodes' first frames, the rest from all."""
+        n_early = int(round(n * self.cfg.early_frac)) if len(self.early_rows) else 0
+        rows = self.train_rows
+        if n_early == 0:
+            return rng.choice(rows, n, replace=len(rows) < n)
+        return np.concatenate([rng.choice(self.early_rows, n_early, replace=len(self.early_rows) < n_early),
+                               rng.choice(rows, n - n_early, replace=len(rows) < n - n_early)])  # fmt: skip
 
     def _make_optimizer(self) -> torch.optim.Optimizer:
         decay, no_decay = [], []
@@ -294,6 +315,20 @@ class Trainer:
         stats["loss"] = loss.item()
         return loss, stats
 
+    def grounding_loss_on_chunk(self, chunk: dict[str, torch.Tensor]) -> tuple[torch.Tensor, dict]:
+        """The grounding losses of :meth:`loss_on` on one cached chunk (``--train-only grounding
+        --head-cache``): what the grounding heads read is cached, so only they run."""
+        from .models.minivla import GroundingInputs, pointer_features
+
+        seen = GroundingInputs(chunk["visual_out"], chunk["visual_in"], chunk["text"], chunk["geom"])
+        with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
+            logits = self.model.ground(seen)
+        pointer = pointer_features(logits, chunk["geom"], self.grid.n_cameras)
+        g_loss = -(chunk["labels"] * torch.log_softmax(logits, -1)).sum(-1).mean()
+        p_loss = pointer_loss(type("Out", (), {"pointer": pointer}), chunk["true_pointer"])
+        loss = g_loss + POINTER_WEIGHT * p_loss
+        return loss, {"loss": loss.item(), "grounding_loss": g_loss.item(), "pointer_l1": p_loss.item()}
+
     def loss_on_cache(self, cache, idx: torch.Tensor, teacher: bool) -> tuple[torch.Tensor, dict]:
         """The head's loss on cached backbone outputs (``--head-cache``); ``teacher``: the share
         ``teacher_forcing`` of samples reads the true pointer, as in :meth:`loss_on`."""
@@ -307,17 +342,23 @@ class Trainer:
         stats["loss"] = loss.item()
         return loss, stats
 
-    def _head_caches(self):
+    def _caches(self):
         """The training and held-out caches of ``--head-cache`` (built once, then reused from the run
-        folder while the model, data and settings are the same)."""
+        folder while the model, data and settings are the same): what the action head reads, or with
+        ``--train-only grounding`` what the grounding heads read (in chunks of ``batch_size`` frames)."""
         from . import head_cache
 
         cfg = self.cfg
+        grounding = cfg.train_only == "grounding"
         self.out.mkdir(parents=True, exist_ok=True)
         self.model.eval()  # the backbone as the policy runs it: no dropout in the cached outputs
         meta = {"weights": head_cache.weights_digest(self.model), "data": list(cfg.data), "frames": len(self.data),
                 "seed": cfg.seed, "holdout_frac": cfg.holdout_frac, "shift_px": cfg.shift_px,
                 "low_budget_frac": cfg.low_budget_frac, "uniform_frac": cfg.uniform_frac}  # fmt: skip
+        if cfg.early_frac:
+            meta["early_frac"] = cfg.early_frac
+        if grounding:
+            meta.update(kind="grounding", chunk=cfg.batch_size)
         caches = []
         for split, rows, n, augment in (("train", self.train_rows, cfg.head_cache, True),
                                         ("held-out", self.val_rows, 512, False)):  # fmt: skip
@@ -325,7 +366,12 @@ class Trainer:
                 caches.append(None)
                 continue
             rng = np.random.default_rng([cfg.seed, 3, len(caches)])
-            rows = np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
+            if split == "train":
+                rows = np.unique(self.draw_rows(min(n, len(rows)), rng))  # sorted
+            else:
+                rows = np.sort(rng.choice(rows, min(n, len(rows)), replace=False))
+            if grounding:
+                rows = rng.permutation(rows)  # each chunk (one training batch) mixes episodes
 
             def forward(chunk, augment=augment, rng=rng):
                 batch = self.data.batch(chunk)
@@ -333,10 +379,13 @@ class Trainer:
                     return self.model(*self.model_inputs(batch, augment, rng)), batch
 
             def make(rows=rows, forward=forward, split=split):
+                if grounding:
+                    return head_cache.build_grounding(rows, forward, cfg.batch_size, f"cache grounding inputs ({split})")
                 return head_cache.build(rows, forward, CACHE_BATCH, f"cache backbone outputs ({split})")
 
-            path = self.out / f"head_cache_{split}.safetensors"
-            cache = head_cache.load_or_build(path, {**meta, "split": split, "rows": len(rows)}, make)
+            path = self.out / f"{'grounding' if grounding else 'head'}_cache_{split}.safetensors"
+            kind = head_cache.GroundingCache if grounding else head_cache.HeadCache
+            cache = head_cache.load_or_build(path, {**meta, "split": split, "rows": len(rows)}, make, kind)
             caches.append(cache.to(self.device))
         self.model.train()
         return caches
@@ -344,12 +393,14 @@ class Trainer:
     def train_step(self) -> dict:
         for g in self.optimizer.param_groups:
             g["lr"] = self.lr_at(self.step)
-        if self.cache is not None:
+        if self.cfg.train_only == "grounding" and self.cache is not None:
+            chunks = self.cache.chunks
+            loss, stats = self.grounding_loss_on_chunk(chunks[int(self.rng.integers(len(chunks)))])
+        elif self.cache is not None:
             idx = torch.from_numpy(self.rng.integers(0, len(self.cache), self.cfg.batch_size)).to(self.device)
             loss, stats = self.loss_on_cache(self.cache, idx, teacher=True)
         else:
-            rows = self.rng.choice(self.train_rows, self.cfg.batch_size, replace=len(self.train_rows) < self.cfg.batch_size)
-            loss, stats = self.loss_on(rows, augment=True)
+            loss, stats = self.loss_on(self.draw_rows(self.cfg.batch_size, self.rng), augment=True)
         self.optimizer.zero_grad(set_to_none=True)
         loss.backward()
         torch.nn.utils.clip_grad_norm_([p for p in self.model.parameters() if p.requires_grad], self.cfg.grad_clip)
@@ -361,6 +412,9 @@ class Trainer:
     def validate(self, n: int = 256) -> dict:
         if len(self.val_rows) == 0:
             return {}
+        if self.cfg.train_only == "grounding" and self.val_cache is not None:
+            parts = [self.grounding_loss_on_chunk(c)[1] for c in self.val_cache.chunks]
+            return {f"val_{k}": float(np.mean([p[k] for p in parts])) for k in parts[0]}
         if self.val_cache is not None:
             idx = torch.arange(len(self.val_cache), device=self.device)
             _, stats = self.loss_on_cache(self.val_cache, idx, teacher=False)
@@ -411,7 +465,7 @@ class Trainer:
             bar.update(1)
             if self.cfg.max_minutes and self.step - first in (BUDGET_PROBE[0], BUDGET_PROBE[1]):
                 self._fit_budget(t0, first, bar)
-            bar.set_postfix(loss=f"{stats['loss']:.3f}", l1=f"{stats['l1']:.3f}")
+            bar.set_postfix({k: f"{stats[k]:.3f}" for k in ("loss", "l1", "pointer_l1") if k in stats})
             if self.step % self.cfg.log_every == 0 or self.step == self.cfg.steps:
                 rec = {"step": self.step, "lr": self.lr_at(self.step - 1), **stats, **self.validate()}
                 rec["samples_per_s"] = frames / (time.perf_counter() - t0)
@@ -456,8 +510,8 @@ def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
     if "val_loss" in recs[-1]:
         axes[0].plot(steps, [r.get("val_action_loss", r.get("val_loss", np.nan)) for r in recs], label="held-out")
     axes[0].set(xlabel="step", ylabel="bin cross-entropy", title="action loss")
-    axes[1].plot(steps, [r.get("val_l1_xyz", r["l1_xyz"]) for r in recs], label="xyz")
-    axes[1].plot(steps, [r.get("val_l1_grip", r["l1_grip"]) for r in recs], label="gripper")
+    axes[1].plot(steps, [r.get("val_l1_xyz", r.get("l1_xyz", np.nan)) for r in recs], label="xyz")
+    axes[1].plot(steps, [r.get("val_l1_grip", r.get("l1_grip", np.nan)) for r in recs], label="gripper")
     axes[1].set(xlabel="step", ylabel="mean |error| (action units)", title="held-out action error", yscale="log")
     for ax in axes:
         for x in starts:

@@ -96,6 +96,17 @@ def collect_command(dataset: Path) -> str:
     return f"`arrcoc-steer collect --episodes {per_task}{flags} --out data/{dataset.name}` ({len(eps)} episodes)"
 
 
+# What a stage's last log record reports, when it has it (a grounding-only stage has no action loss).
+STAGE_METRICS = (
+    ("action_loss", "action loss", ".3f"),
+    ("val_action_loss", "held-out action loss", ".3f"),
+    ("val_l1_xyz", "held-out |error| xyz", ".4f"),
+    ("val_l1_grip", "gripper", ".4f"),
+    ("val_grounding_loss", "held-out grounding loss", ".3f"),
+    ("val_pointer_l1", "held-out pointer L1", ".4f"),
+)
+
+
 def stage_command(cfg: dict, run: Path, previous: Path | None) -> str:
     """The ``arrcoc-steer train`` call of one stage: its data, its parent model, its non-default flags."""
     from ..train import TrainConfig
@@ -125,12 +136,10 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
     for i, (t, cfg, log) in enumerate(zip(train, configs, logs)):
         last = log[-1]
         minutes = (last["step"] * cfg["batch_size"] / last["samples_per_s"] + last.get("head_cache_s", 0)) / 60
+        measured = [f"{label} {last[key]:{fmt}}" for key, label, fmt in STAGE_METRICS if key in last]
         stages.append(
-            f"{i + 1}. {stage_command(cfg, t, train[i - 1] if i else None)}: step {last['step']}, action loss "
-            f"{last['action_loss']:.3f}, held-out action loss {last.get('val_action_loss', float('nan')):.3f}, held-out "
-            f"|error| xyz {last.get('val_l1_xyz', float('nan')):.4f} / gripper {last.get('val_l1_grip', float('nan')):.4f}"
-            + (f", held-out pointer L1 {last['val_pointer_l1']:.4f}" if "val_pointer_l1" in last else "") + "; "
-            f"{last['samples_per_s']:.1f} samples/s, about {minutes:.0f} min on the machine that trained it."
+            f"{i + 1}. {stage_command(cfg, t, train[i - 1] if i else None)}: step {last['step']}, "
+            f"{', '.join(measured)}; {last['samples_per_s']:.1f} samples/s, about {minutes:.0f} min on the machine that trained it."
         )  # fmt: skip
     parts = [
         "# MiniVLA — model card",

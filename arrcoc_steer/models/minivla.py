@@ -59,12 +59,25 @@ def fingers_closed(state: torch.Tensor | np.ndarray):
 
 
 @dataclass
+class GroundingInputs:
+    """What the grounding heads read, per visual token: the backbone's outputs, the CNN tokens that
+    went in, the instruction's summary (mean backbone output over its words) and the token geometry
+    (camera, x, y, size). Cached to fit the grounding correction alone (``--train-only grounding``)."""
+
+    visual_out: torch.Tensor  # (B, T, d)
+    visual_in: torch.Tensor  # (B, T, d)
+    text: torch.Tensor  # (B, d)
+    geom: torch.Tensor  # (B, T, 4)
+
+
+@dataclass
 class PolicyOutput:
     action_logits: torch.Tensor  # (B, action_dim, n_bins)
     grounding_logits: torch.Tensor  # (B, T, len(GROUNDING_CLASSES)) per visual token
     pooling: torch.Tensor  # (B, T, n_cam * cells): how each visual token averages the cells
     pointer: torch.Tensor | None = None  # (B, n_cam, len(POINTED), 3): expected x, y, presence
     action_hidden: torch.Tensor | None = None  # (B, action_dim, d): the backbone's output at the action queries
+    grounding_inputs: GroundingInputs | None = None
 
 
 def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int) -> torch.Tensor:
@@ -360,18 +373,26 @@ class MiniVLA(nn.Module):
         finally:
             self._roles = None
         visual_out = hidden[:, n_text + 1 : n_text + 1 + n_vis]  # (B, T, d)
-        grounding = self.grounding_head(visual_out).float()  # (B, T, C)
-        if self.grounding_film is not None:
-            words = text_mask[..., None].to(hidden.dtype)
-            summary = (hidden[:, :n_text] * words).sum(1) / words.sum(1).clamp_min(1)  # (B, d)
-            grounding = grounding + self.grounding_film(visual_out, visual, summary).float()
+        words = text_mask[..., None].to(hidden.dtype)
+        summary = (hidden[:, :n_text] * words).sum(1) / words.sum(1).clamp_min(1)  # (B, d)
+        seen = GroundingInputs(visual_out, visual, summary, geom)
+        grounding = self.ground(seen)  # (B, T, C)
         pointer = pointer_features(grounding, geom, self.grid_cameras)  # (B, n_cam, K, 3)
         read = pointer
         if teacher_pointer is not None:
             forced, use = teacher_pointer
             read = torch.where(use[:, None, None, None], forced.to(pointer.dtype), pointer)
         action_hidden = hidden[:, -cfg.action_dim :]
-        return PolicyOutput(self.action_head(action_hidden, read), grounding, pool, pointer, action_hidden)
+        return PolicyOutput(self.action_head(action_hidden, read), grounding, pool, pointer, action_hidden, seen)
+
+    def ground(self, seen: GroundingInputs) -> torch.Tensor:
+        """Per-visual-token grounding logits (B, T, C): the linear head, plus the text-conditioned
+        correction when there is one. Separate from :meth:`forward` so the correction can be fitted on
+        cached inputs."""
+        logits = self.grounding_head(seen.visual_out).float()
+        if self.grounding_film is not None:
+            logits = logits + self.grounding_film(seen.visual_out, seen.visual_in, seen.text).float()
+        return logits
 
     def action_head(self, action_hidden: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
         """The backbone's output at the 7 action queries (B, 7, d) and the pointer the head reads

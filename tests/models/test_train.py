@@ -268,6 +268,69 @@ def test_cached_outputs_give_the_logits_of_the_full_forward_pass():
     torch.testing.assert_close(cache.true_pointer, out.pointer)  # no labels: the predicted pointer
 
 
+def test_grounding_cache_fits_only_the_correction_and_is_rebuilt_when_the_weights_change(tmp_path, monkeypatch):
+    import arrcoc_steer.head_cache as head_cache
+
+    write_fake_episodes(tmp_path / "demos", n=4)
+    cfg = dict(steps=3, train_only="grounding", head_cache=12, lr=1e-2)
+    trainer = Trainer(small_config(tmp_path, **cfg))
+    chunks = trainer.cache.chunks
+    assert len(trainer.cache) == 12 and [len(c["text"]) for c in chunks] == [4, 4, 4]  # batch_size frames each
+    assert all(c["visual_out"].shape[1] == c["labels"].shape[1] == c["geom"].shape[1] for c in chunks)
+    before = {k: v.clone() for k, v in trainer.model.trainable_state_dict().items()}
+    trainer.run()
+    after = trainer.model.trainable_state_dict()
+    film = [k for k in before if k.startswith("grounding_film.")]
+    assert all(not torch.equal(before[k], after[k]) for k in film)
+    assert all(torch.equal(before[k], after[k]) for k in before if k not in film)
+    record = json.loads(open(tmp_path / "run" / "train_log.jsonl").readline())
+    assert record["val_pointer_l1"] >= 0 and record["head_cache_s"] > 0
+    assert (tmp_path / "run" / "grounding_cache_train.safetensors").is_file()
+
+    built = []
+    real_build = head_cache.build_grounding
+    monkeypatch.setattr(head_cache, "build_grounding", lambda *a, **k: built.append(1) or real_build(*a, **k))
+    again = Trainer(small_config(tmp_path, out=str(tmp_path / "again"), resume=False, init=str(tmp_path / "run" / "model"), **cfg))
+    assert built == [1, 1]  # other weights (the trained correction): rebuilt, never reused stale
+    again = Trainer(small_config(tmp_path, out=str(tmp_path / "again"), resume=False, init=str(tmp_path / "run" / "model"), **cfg))
+    assert built == [1, 1]  # the same: read back
+
+
+def test_a_cached_chunk_gives_the_grounding_of_the_full_forward_pass():
+    from arrcoc_steer.head_cache import build_grounding
+    from arrcoc_steer.models.minivla import GroundingInputs, MiniVLA
+    from tests.models.conftest import make_observation
+
+    model = MiniVLA().eval()
+    model.add_grounding_film()
+    with torch.no_grad():
+        model.grounding_film.mlp[-1].weight.normal_(std=0.1)
+    rng = np.random.default_rng(0)
+    obs = make_observation(rng, batch=3)
+    images, state, _ = model._check_observation(obs)
+    ids, mask = model.tokenize(["put the red block in the tray", "lift the blue block", ""])
+    alloc = np.stack([model.region_grid.uniform(160)] * 3)
+    batch = {"grounding": rng.integers(0, 16, (3, 512, 5)).astype(np.uint8)}
+    with torch.no_grad():
+        out = model(images, state, ids, mask, alloc)
+        chunk = build_grounding(np.arange(3), lambda rows: (out, batch), 3, "test").chunks[0]
+        logits = model.ground(GroundingInputs(*(chunk[k].float() for k in ("visual_out", "visual_in", "text", "geom"))))
+    torch.testing.assert_close(logits, out.grounding_logits, atol=0.1, rtol=0.05)  # stored in bf16
+    assert chunk["labels"].shape == (3, out.pooling.shape[1], 5)
+    torch.testing.assert_close(chunk["labels"].sum(-1), torch.ones(3, out.pooling.shape[1]))
+
+
+def test_early_frac_draws_that_share_from_the_first_frames_of_episodes(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=4, length=20)
+    trainer = Trainer(small_config(tmp_path, early_frac=0.75))
+    rows = trainer.draw_rows(400, np.random.default_rng(0))
+    early = trainer.data.index[rows, 1] <= 5
+    assert len(rows) == 400 and 0.78 < early.mean() < 0.85  # 75% drawn early + 6/20 of the other 25%
+    assert set(rows) <= set(trainer.train_rows)  # never a held-out episode
+    with pytest.raises(ConfigError, match="early_frac"):
+        TrainConfig(early_frac=1.5)
+
+
 def loss_only_trainer(**cfg) -> Trainer:
     """A Trainer with just what ``action_loss`` reads: a 256-bin tokenizer and the config."""
     from types import SimpleNamespace
