@@ -138,14 +138,10 @@ def random_shift(images: np.ndarray, pad: int, rng: np.random.Generator) -> np.n
 POINTER_WEIGHT = 4.0  # pointer L1 is in image fractions (0.05 = 6 px); scaled to matter next to the CE
 
 
-def grounding_loss(out, cell_counts: torch.Tensor) -> torch.Tensor:
-    """Soft cross-entropy of each visual token's class against the pixels it pools.
-
-    ``cell_counts`` (B, n_cam * cells, C) counts the pixels of each grounding class in each feature
-    cell; a token's label is the class distribution over the cells it averages.
-    """
-    labels = token_labels(out.pooling, cell_counts)  # (B, T, C)
-    return -(labels * torch.log_softmax(out.grounding_logits, -1)).sum(-1).mean()
+def grounding_loss(logits: torch.Tensor, labels: torch.Tensor) -> torch.Tensor:
+    """Soft cross-entropy of each visual token's class logits (B, T, C) against its label, the class
+    mix of the pixels it pools (:func:`token_labels`)."""
+    return -(labels * torch.log_softmax(logits.float(), -1)).sum(-1).mean()
 
 
 def token_labels(pooling: torch.Tensor, cell_counts: torch.Tensor) -> torch.Tensor:
@@ -171,11 +167,11 @@ def true_pointer(cell_counts: torch.Tensor, n_cam: int) -> torch.Tensor:
     return torch.cat([xy, (mass >= 8).float()[..., None]], -1)
 
 
-def pointer_loss(out, truth: torch.Tensor) -> torch.Tensor:
+def pointer_loss(pointer: torch.Tensor, truth: torch.Tensor) -> torch.Tensor:
     """L1 between the pointer's expected (x, y) and the true centroid of each pointed class, per
     camera, where that class is in view: it teaches the policy *where* things are, directly."""
     seen = truth[..., 2:3]
-    err = (out.pointer[..., :2].float() - truth[..., :2]).abs() * seen
+    err = (pointer[..., :2].float() - truth[..., :2]).abs() * seen
     return err.sum() / seen.sum().clamp_min(1) / 2
 
 
@@ -307,8 +303,8 @@ class Trainer:
         action = torch.from_numpy(batch["action"]).to(self.device)
         loss, stats = self.action_loss(out.action_logits, action, state)
         if counts is not None and self.cfg.grounding_weight > 0:
-            g_loss = grounding_loss(out, counts)
-            p_loss = pointer_loss(out, truth)
+            g_loss = grounding_loss(out.grounding_logits, token_labels(out.pooling, counts))
+            p_loss = pointer_loss(out.pointer, truth)
             g_total = g_loss + POINTER_WEIGHT * p_loss
             loss = g_total if grounding_only else loss + self.cfg.grounding_weight * g_total
             stats.update(grounding_loss=g_loss.item(), pointer_l1=p_loss.item())
@@ -323,9 +319,8 @@ class Trainer:
         seen = GroundingInputs(chunk["visual_out"], chunk["visual_in"], chunk["text"], chunk["geom"])
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
             logits = self.model.ground(seen)
-        pointer = pointer_features(logits, chunk["geom"], self.grid.n_cameras)
-        g_loss = -(chunk["labels"] * torch.log_softmax(logits, -1)).sum(-1).mean()
-        p_loss = pointer_loss(type("Out", (), {"pointer": pointer}), chunk["true_pointer"])
+        g_loss = grounding_loss(logits, chunk["labels"])
+        p_loss = pointer_loss(pointer_features(logits, chunk["geom"], self.grid.n_cameras), chunk["true_pointer"])
         loss = g_loss + POINTER_WEIGHT * p_loss
         return loss, {"loss": loss.item(), "grounding_loss": g_loss.item(), "pointer_l1": p_loss.item()}
 

@@ -128,8 +128,7 @@ def test_training_reduces_the_loss_on_a_fixed_batch(tmp_path):
 
 def test_grounding_labels_follow_the_pooling_of_each_token():
     """A token that averages cells of one class gets that class as its label."""
-    from arrcoc_steer.models.minivla import PolicyOutput
-    from arrcoc_steer.train import grounding_loss
+    from arrcoc_steer.train import grounding_loss, token_labels
 
     counts = torch.zeros(1, 512, 5)
     counts[0, :256, 2] = 64  # agentview: all target
@@ -140,12 +139,12 @@ def test_grounding_labels_follow_the_pooling_of_each_token():
     right = torch.full((1, 2, 5), -20.0)
     right[0, 0, 2] = right[0, 1, 0] = 20.0
     wrong = right.flip(1)
-    assert grounding_loss(PolicyOutput(None, right, pooling), counts) < 1e-6
-    assert grounding_loss(PolicyOutput(None, wrong, pooling), counts) > 10
+    labels = token_labels(pooling, counts)
+    assert grounding_loss(right, labels) < 1e-6
+    assert grounding_loss(wrong, labels) > 10
 
 
 def test_pointer_loss_is_zero_at_the_true_centroid_and_grows_with_distance():
-    from arrcoc_steer.models.minivla import PolicyOutput
     from arrcoc_steer.train import pointer_loss, true_pointer
 
     counts = torch.zeros(1, 512, 5)
@@ -156,9 +155,9 @@ def test_pointer_loss_is_zero_at_the_true_centroid_and_grows_with_distance():
     truth = true_pointer(counts, 2)
     assert truth[0, 0, 1].tolist() == pytest.approx([8.5 / 16, 4.5 / 16, 1.0])  # in view
     assert truth[0, 1, 1, 2] == 0  # the wrist camera does not see it
-    assert pointer_loss(PolicyOutput(None, None, None, pointer), truth) < 1e-6
+    assert pointer_loss(pointer, truth) < 1e-6
     pointer[0, 0, 1, 0] += 0.25
-    assert pointer_loss(PolicyOutput(None, None, None, pointer), truth) == pytest.approx(0.125)  # mean over x, y
+    assert pointer_loss(pointer, truth) == pytest.approx(0.125)  # mean over x, y
 
 
 def test_teacher_forced_pointer_replaces_the_predicted_one_only_where_asked():
