@@ -500,10 +500,11 @@ def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
         offset += stage[-1]["step"] if stage else 0
     steps = [r["step"] for r in recs]
     fig, axes = plt.subplots(1, 2, figsize=(10, 3.5))
-    # the action loss, not the total: stages differ in what else they add (grounding, or only that)
-    axes[0].plot(steps, [r.get("action_loss", r["loss"]) for r in recs], label="train")
-    if "val_loss" in recs[-1]:
-        axes[0].plot(steps, [r.get("val_action_loss", r.get("val_loss", np.nan)) for r in recs], label="held-out")
+    # the action loss, not the total: stages differ in what else they add (grounding), and a
+    # grounding-only stage has none (a gap in the curve)
+    axes[0].plot(steps, [r.get("action_loss", np.nan) for r in recs], label="train")
+    if any("val_action_loss" in r for r in recs):
+        axes[0].plot(steps, [r.get("val_action_loss", np.nan) for r in recs], label="held-out")
     axes[0].set(xlabel="step", ylabel="bin cross-entropy", title="action loss")
     axes[1].plot(steps, [r.get("val_l1_xyz", r.get("l1_xyz", np.nan)) for r in recs], label="xyz")
     axes[1].plot(steps, [r.get("val_l1_grip", r.get("l1_grip", np.nan)) for r in recs], label="gripper")
