@@ -11,6 +11,7 @@
 
 from __future__ import annotations
 
+import shutil
 import time
 from dataclasses import dataclass
 from pathlib import Path
@@ -84,6 +85,8 @@ def relevance_figure(policy, out: Path, task: str = "PickRedBlockIntoTray", budg
 def run_demo(cfg: DemoConfig) -> Path:
     """Run the demo; returns the path of the HTML report."""
     from .eval import evaluate
+    from .eval.policies import describe_policy
+    from .eval.sweep import RunFolder
     from .models.minivla import DEFAULT_CHECKPOINT, load_policy
     from .viz.report import ConceptNeurons, ReportExtras, write_report
 
@@ -96,6 +99,10 @@ def run_demo(cfg: DemoConfig) -> Path:
     concepts_path, calib_path, found = prepare_steering(cfg, policy, out)
     for concept, atlas in found:
         print(f"[{time.perf_counter() - t0:5.1f}s] concept {concept.name!r}: " + atlas.describe(*concept.neurons[0], k=5))
+    previous = RunFolder(out / "eval").read_manifest()
+    if previous is not None and previous.get("policy") != describe_policy(str(policy_path)):
+        print(f"[{time.perf_counter() - t0:5.1f}s] the policy changed since the last demo: {out / 'eval'} starts afresh")
+        shutil.rmtree(out / "eval")
     results = evaluate(str(policy_path), list(cfg.tasks), demo_conditions(cfg, concepts_path, calib_path),
                        seeds=cfg.seeds, out_dir=out / "eval", workers=cfg.workers, frames="agentview")  # fmt: skip
     print(results.format(["success", "speed_w", "peak_ee_z"]))

@@ -22,6 +22,7 @@ A bare function ``f(observation, instruction)`` is a policy too (:func:`as_polic
 
 from __future__ import annotations
 
+import hashlib
 import inspect
 from collections.abc import Callable
 from pathlib import Path
@@ -132,9 +133,14 @@ def load_policy(source: Any) -> Policy:
 
 
 def describe_policy(source: Any) -> str:
-    """A short, stable description of a policy source for the sweep manifest."""
+    """A short, stable description of a policy source for the sweep manifest; a checkpoint directory
+    is named with a hash of its files, so a run folder knows when the weights behind a path changed."""
     if isinstance(source, (str, Path)):
-        return str(source)
+        files = [Path(source) / name for name in ("config.json", "model.safetensors")]
+        if not all(f.is_file() for f in files):
+            return str(source)
+        digest = hashlib.sha256(b"".join(f.read_bytes() for f in files)).hexdigest()[:16]
+        return f"{source} (weights {digest})"
     return repr(source) if type(source).__repr__ is not object.__repr__ else type(source).__qualname__
 
 

@@ -134,7 +134,7 @@ class RunFolder:
         return json.loads(self.manifest_path.read_text()) if self.manifest_path.is_file() else None
 
     def merge_manifest(self, manifest: dict) -> dict:
-        """Write ``manifest`` merged with the folder's own; refuse changed conditions."""
+        """Write ``manifest`` merged with the folder's own; refuse a changed policy or conditions."""
         self.episodes.mkdir(parents=True, exist_ok=True)
         old = self.read_manifest()
         if old is not None:
@@ -144,6 +144,9 @@ class RunFolder:
                     raise ConfigError(
                         f"{self.root} already holds condition {c['name']!r} with another spec "
                         f"({specs[c['name']]} vs {c}); rename the condition or use a new out_dir")
+            if old.get("policy") != manifest["policy"]:
+                raise ConfigError(f"{self.root} holds episodes of policy {old.get('policy')!r}, not "
+                                  f"{manifest['policy']!r}: their results would mix; use a new out_dir")
             if old.get("baseline") != manifest["baseline"] and old.get("baseline") in specs:
                 raise ConfigError(f"{self.root} was run with baseline {old['baseline']!r}, "
                                   f"not {manifest['baseline']!r}")

@@ -124,6 +124,23 @@ def test_a_folder_grows_but_refuses_a_changed_condition(tmp_path):
                  seeds=2, out_dir=tmp_path, backend="serial", progress=False)
 
 
+def test_a_folder_refuses_another_policy_and_names_a_checkpoint_by_its_weights(tmp_path):
+    from arrcoc_steer.eval.policies import describe_policy
+
+    evaluate(ExpertPolicy(), ["LiftRedBlock"], ["unsteered"], seeds=1, out_dir=tmp_path / "run", backend="serial",
+             progress=False)  # fmt: skip
+    with pytest.raises(ConfigError, match="holds episodes of policy"):
+        evaluate(ExpertPolicy(noise=0.5), ["LiftRedBlock"], ["unsteered"], seeds=1, out_dir=tmp_path / "run",
+                 backend="serial", progress=False)  # fmt: skip
+    checkpoint = tmp_path / "ckpt"
+    checkpoint.mkdir()
+    (checkpoint / "config.json").write_text("{}")
+    (checkpoint / "model.safetensors").write_bytes(b"weights 1")
+    before = describe_policy(checkpoint)
+    (checkpoint / "model.safetensors").write_bytes(b"weights 2")  # same path, new weights
+    assert before.startswith(str(checkpoint)) and describe_policy(checkpoint) != before
+
+
 def test_bad_input_names_the_valid_choices(tmp_path):
     run = lambda **kw: evaluate(ExpertPolicy(), **{"tasks": ["LiftRedBlock"], "seeds": 1, "out_dir": tmp_path,
                                                    "backend": "serial", "progress": False, **kw})  # fmt: skip
