@@ -240,7 +240,7 @@ class Trainer:
         """``n`` training frames: the share ``early_frac`` from episodes' first frames, the rest from all."""
         n_early = int(round(n * self.cfg.early_frac)) if len(self.early_rows) else 0
         rows = self.train_rows
-        if n_early == 0:
+        if n_early == 0:  # the draw of runs before early_frac existed, so their caches stay valid
             return rng.choice(rows, n, replace=len(rows) < n)
         return np.concatenate([rng.choice(self.early_rows, n_early, replace=len(self.early_rows) < n_early),
                                rng.choice(rows, n - n_early, replace=len(rows) < n - n_early)])  # fmt: skip
@@ -519,6 +519,16 @@ def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
     fig.tight_layout()
     fig.savefig(png_path, dpi=120)
     plt.close(fig)
+
+
+def held_out_rows(model: MiniVLA, data: FrameDataset, holdout_frac: float | None = None,
+                  seed: int | None = None) -> np.ndarray:  # fmt: skip
+    """The frames of ``data`` that ``model``'s last training run held out: its ``holdout_frac`` and
+    ``seed``, read from the checkpoint's provenance unless given, split as :class:`Trainer` splits."""
+    train_cfg = model.config.extra.get("train_config", {})
+    holdout_frac = train_cfg.get("holdout_frac", 0.05) if holdout_frac is None else holdout_frac
+    seed = train_cfg.get("seed", 0) if seed is None else seed
+    return data.split(holdout_frac, seed + 1)[1]
 
 
 def train(cfg: TrainConfig) -> Path:

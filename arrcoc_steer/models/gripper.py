@@ -54,15 +54,12 @@ def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None
               write: bool = True, progress: bool = True, device: str = "auto") -> dict:  # fmt: skip
     """Calibrate on the training run's held-out episodes (its holdout_frac and seed, from the config's
     provenance, unless given) and, with ``write``, store the threshold in ``model_dir/config.json``."""
-    from ..train import pick_device
+    from ..train import held_out_rows, pick_device
 
     model_dir = Path(model_dir)
     model = MiniVLA.from_pretrained(model_dir, pick_device(device))
-    train_cfg = model.config.extra.get("train_config", {})
-    holdout_frac = train_cfg.get("holdout_frac", 0.05) if holdout_frac is None else holdout_frac
-    seed = train_cfg.get("seed", 0) if seed is None else seed
     frames = FrameDataset(data)
-    _, held = frames.split(holdout_frac, seed + 1)
+    held = held_out_rows(model, frames, holdout_frac, seed)
     result = best_threshold(*release_scores(model, frames, held, progress=progress))
     if write:
         cfg = json.loads((model_dir / CONFIG_NAME).read_text())

@@ -61,14 +61,11 @@ def summarize(errors: np.ndarray, groups: np.ndarray) -> dict:
 def report(model_dir: str | Path, data: list[str], max_t: int = 3, budget: int = 100, holdout_frac: float | None = None,
            seed: int | None = None, progress: bool = True, device: str = "auto") -> dict:  # fmt: skip
     """Pointer errors per suite on the first ``max_t + 1`` frames of the training run's held-out episodes."""
-    from ..train import pick_device
+    from ..train import held_out_rows, pick_device
 
     model = MiniVLA.from_pretrained(model_dir, pick_device(device)).eval()
-    train_cfg = model.config.extra.get("train_config", {})
-    holdout_frac = train_cfg.get("holdout_frac", 0.05) if holdout_frac is None else holdout_frac
-    seed = train_cfg.get("seed", 0) if seed is None else seed
     frames = FrameDataset(data)
-    _, held = frames.split(holdout_frac, seed + 1)
+    held = held_out_rows(model, frames, holdout_frac, seed)
     held = held[frames.index[held, 1] <= max_t]
     suites = np.array([frames.episodes[e].meta.get("suite", "?") for e, _ in frames.index[held]])
     errors = pointer_errors(model, frames, held, budget, progress=progress)
