@@ -74,6 +74,8 @@ def _setup_collect(p: argparse.ArgumentParser) -> None:
     p.add_argument("--noise", type=float, default=0.0,
                    help="DART: correlated noise on the executed, not the recorded, translation (action units, e.g. 0.3)")
     p.add_argument("--workers", type=int, default=1, help="processes, each collecting whole tasks (default: %(default)s)")
+    p.add_argument("--max-steps", type=int,
+                   help="record only each episode's first N expert steps (perception data for --train-only grounding)")
 
 
 @command("collect", "write scripted-expert demonstrations (safetensors, resumable)", _setup_collect)
@@ -83,7 +85,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
 
     tasks = args.tasks or envs.list_tasks(args.suite)
     index = collect(tasks, args.episodes, args.out, seed=args.seed, modifiers=args.modifiers, image_size=args.image_size,
-                    noise=args.noise, workers=args.workers)  # fmt: skip
+                    noise=args.noise, workers=args.workers, max_steps=args.max_steps)  # fmt: skip
     print(f"{len(index.get('episodes', []))} episodes in {args.out}")
     return 0
 

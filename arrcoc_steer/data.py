@@ -23,21 +23,24 @@ FRAME_KEYS = ("agentview", "wrist", "state", "action")
 GROUNDING_KEY = "grounding"  # optional (T, n_cam * cells, classes) uint8 pixel counts per feature cell
 
 
-def map_safetensors(path: str | Path) -> tuple[dict[str, np.memmap], dict[str, str]]:
-    """Memory-map every tensor of a safetensors file; returns (arrays, metadata)."""
+def map_safetensors(path: str | Path) -> tuple[dict[str, np.ndarray], dict[str, str]]:
+    """Memory-map every tensor of a safetensors file; returns (arrays, metadata).
+
+    One map per file, the tensors views into it: each map holds a file descriptor, and a training set
+    of thousands of short episodes (``collect --max-steps``) would otherwise exhaust the process's limit.
+    """
     path = Path(path)
     with open(path, "rb") as f:
         (n,) = struct.unpack("<Q", f.read(8))
         header = json.loads(f.read(n))
     meta = header.pop("__metadata__", {}) or {}
+    whole = np.memmap(path, np.uint8, "r")
     arrays = {}
     for name, spec in header.items():
         if spec["dtype"] not in _DTYPES:
             raise CheckpointError(f"{path}: tensor {name!r} has unsupported dtype {spec['dtype']}")
         start, end = spec["data_offsets"]
-        dtype = np.dtype(_DTYPES[spec["dtype"]])
-        count = (end - start) // dtype.itemsize
-        arrays[name] = np.memmap(path, dtype, "r", offset=8 + n + start, shape=(count,)).reshape(spec["shape"])
+        arrays[name] = whole[8 + n + start : 8 + n + end].view(_DTYPES[spec["dtype"]]).reshape(spec["shape"])
     return arrays, meta
 
 

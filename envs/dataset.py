@@ -55,8 +55,9 @@ NOISE_CORRELATION = 0.7  # AR(1) coefficient of the executed-action noise: drift
 QUIET_PHASES = ("grasp", "release")  # the fingers are closing or opening: noise there only loses the block
 
 
-def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float = 0.0) -> tuple[dict, dict]:
-    """Run the expert once; return (arrays, metadata).
+def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float = 0.0,
+                    max_steps: int | None = None) -> tuple[dict, dict]:  # fmt: skip
+    """Run the expert once (its first ``max_steps`` steps only, if given); return (arrays, metadata).
 
     With ``noise`` > 0 the env executes the expert's translation plus temporally correlated Gaussian
     noise (stationary std ``noise`` action units) while the file records the expert's clean action
@@ -72,7 +73,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
     drift = np.zeros(3)
     frames: dict[str, list] = {k: [] for k in (*ARRAYS, "grounding")}
     terminated = truncated = False
-    while not (terminated or truncated):
+    while not (terminated or truncated) and (max_steps is None or len(frames["action"]) < max_steps):
         action = expert.act(obs)
         for k in ("agentview", "wrist", "state"):
             frames[k].append(obs[k])
@@ -94,10 +95,11 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
         "instruction": u.instruction,
         "modifiers": u.modifiers.to_dict(),
         "seed": ep_seed,
-        "success": bool(info["success"]),
+        "success": bool(info["success"]) if terminated or truncated else None,  # None: cut before the end
         "length": int(arrays["action"].shape[0]),
         "image_size": image_size,
         "noise": noise,
+        **({"max_steps": max_steps} if max_steps else {}),
     }
     return arrays, meta
 
@@ -131,6 +133,7 @@ def collect(
     progress: bool = True,
     noise: float = 0.0,
     workers: int = 1,
+    max_steps: int | None = None,
 ) -> dict:
     """Write ``episodes_per_task`` expert demos of each task to ``out_dir``; return the index.
 
@@ -148,6 +151,9 @@ def collect(
             action units (0.3 = 9 mm per step); 0 records the expert's own states.
         workers: processes, each collecting whole tasks (one task's folder is only ever written by
             one process); the same files as ``workers=1``, since every episode's seed is its own.
+        max_steps: record only the expert's first ``max_steps`` steps of each episode (``success``
+            None: not run to the end). Cheap perception data: the first frames are where a policy
+            decides which block the instruction names, and grounding labels need no outcome.
     """
     import envs
     from tqdm.auto import tqdm
@@ -156,6 +162,8 @@ def collect(
         raise ConfigError(f"modifiers must be 'random' or 'none', got {modifiers!r}")
     if not 0 <= noise <= 1:
         raise ConfigError(f"noise must be in [0, 1] action units, got {noise}")
+    if max_steps is not None and max_steps < 1:
+        raise ConfigError(f"max_steps must be >= 1 (or None for whole episodes), got {max_steps}")
     if episodes_per_task < 0 or max_attempts < 1 or workers < 1:
         raise ConfigError(
             f"need episodes_per_task >= 0, max_attempts >= 1 and workers >= 1, got {episodes_per_task}, {max_attempts}, {workers}"
@@ -164,7 +172,8 @@ def collect(
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     job = functools.partial(_collect_task, episodes_per_task=episodes_per_task, out=out, seed=seed, modifiers=modifiers,
-                            image_size=image_size, keep_failures=keep_failures, max_attempts=max_attempts, noise=noise)  # fmt: skip
+                            image_size=image_size, keep_failures=keep_failures, max_attempts=max_attempts, noise=noise,
+                            max_steps=max_steps)  # fmt: skip
     failed = []
     bar = tqdm(total=len(specs) * episodes_per_task, disable=not progress, desc="demos")
     if workers == 1:
@@ -180,11 +189,12 @@ def collect(
                 bar.update(episodes_per_task)
     bar.close()
     old = [f for f in _read_index(out).get("failed", []) if f["task"] not in tasks]  # other tasks' failures stay
-    return write_index(out, old + failed, {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise})
+    config = {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise}
+    return write_index(out, old + failed, {**config, **({"max_steps": max_steps} if max_steps else {})})
 
 
 def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, keep_failures, max_attempts, noise,
-                  on_episode=None) -> list:  # fmt: skip
+                  max_steps=None, on_episode=None) -> list:  # fmt: skip
     """Collect the missing episodes of one task into ``out/task``; return its failures."""
     import envs
 
@@ -201,7 +211,7 @@ def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, kee
             path = folder / f"episode_{i:05d}.safetensors"
             if not path.exists():
                 failed += _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts,
-                                       Modifiers, noise)  # fmt: skip
+                                       Modifiers, noise, max_steps)  # fmt: skip
             if on_episode is not None:
                 on_episode()
     finally:
@@ -213,13 +223,14 @@ def _read_index(out: Path) -> dict:
     return json.loads((out / "index.json").read_text()) if (out / "index.json").exists() else {}
 
 
-def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers, noise) -> list:
+def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers, noise,
+                 max_steps=None) -> list:  # fmt: skip
     failed_seeds = []
     for attempt in range(max_attempts):
         s = episode_seed(seed, task, i, attempt)
         mods = Modifiers.sample(np.random.default_rng(s)) if modifiers == "random" else Modifiers()
-        arrays, meta = _record_episode(env, s, mods, image_size, noise)
-        if meta["success"] or keep_failures:
+        arrays, meta = _record_episode(env, s, mods, image_size, noise, max_steps)
+        if meta["success"] is not False or keep_failures:  # None: a prefix (max_steps), kept
             meta.update(index=i, attempt=attempt, failed_seeds=failed_seeds)
             _write_atomic(path, arrays, meta)
             return []
@@ -279,7 +290,8 @@ class DemoDataset:
     Args:
         path: the dataset folder.
         tasks: keep only these tasks (default: all).
-        successful_only: skip episodes with ``success == False`` (present only with keep_failures).
+        successful_only: skip episodes with ``success == False`` (present only with keep_failures);
+            prefixes (``max_steps``, success None) are kept.
     """
 
     def __init__(self, path: str | os.PathLike, tasks: list[str] | None = None, successful_only: bool = True):
@@ -291,7 +303,7 @@ class DemoDataset:
         else:
             entries = [dict(read_meta(p), file=str(p.relative_to(self.path)))
                        for p in sorted(self.path.glob("*/episode_*.safetensors"))]  # fmt: skip
-        keep = lambda e: (tasks is None or e["task"] in tasks) and (e["success"] or not successful_only)  # noqa: E731
+        keep = lambda e: (tasks is None or e["task"] in tasks) and (e["success"] is not False or not successful_only)  # noqa: E731
         self.episodes = [Episode(self.path / e["file"], e) for e in entries if keep(e)]
 
     def __len__(self) -> int:

@@ -106,8 +106,8 @@ def test_failures_are_retried_and_recorded(tmp_path, monkeypatch):
     real = dataset._record_episode
     calls = []
 
-    def flaky(env, seed, modifiers, image_size, noise):
-        arrays, meta = real(env, seed, modifiers, image_size, noise)
+    def flaky(env, seed, modifiers, image_size, noise, max_steps):
+        arrays, meta = real(env, seed, modifiers, image_size, noise, max_steps)
         calls.append(seed)
         if len(calls) == 1:
             meta["success"] = False  # pretend the first attempt failed
@@ -144,6 +144,22 @@ def test_dart_noise_moves_the_states_but_records_the_experts_clean_actions(tmp_p
     assert gap > 0.005  # metres
 
 
+def test_prefixes_record_the_experts_first_steps_without_an_outcome(demo_dir, tmp_path):
+    from arrcoc_steer.data import FrameDataset
+
+    index = collect(TASKS, 2, tmp_path, seed=3, image_size=32, progress=False, max_steps=3)
+    assert index["config"]["max_steps"] == 3 and index["failed"] == []
+    whole = {(e.meta["task"], e.meta["index"]): e for e in DemoDataset(demo_dir)}
+    prefixes = DemoDataset(tmp_path)  # success None: kept, unlike a failed episode
+    assert len(prefixes) == 4
+    for ep in prefixes:
+        assert len(ep) == 3 and ep.meta["success"] is None and ep.meta["max_steps"] == 3
+        full = whole[ep.meta["task"], ep.meta["index"]]  # same seeds: the same first steps
+        for key in ("agentview", "wrist", "state", "action"):
+            np.testing.assert_array_equal(ep[key], full[key][:3])
+    assert len(FrameDataset([tmp_path])) == 12
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="modifiers"):
         collect(["LiftRedBlock"], 1, tmp_path, modifiers="some")
@@ -153,6 +169,30 @@ def test_bad_arguments(tmp_path):
         collect(["LiftRedBlock"], 1, tmp_path, noise=-0.1)
     with pytest.raises(ConfigError, match="workers"):
         collect(["LiftRedBlock"], 1, tmp_path, workers=0)
+    with pytest.raises(ConfigError, match="max_steps"):
+        collect(["LiftRedBlock"], 1, tmp_path, max_steps=0)
     with pytest.raises(ConfigError, match="does not exist"):
         DemoDataset(tmp_path / "missing")
     assert not os.listdir(tmp_path)  # nothing written before validation
+
+
+def test_episode_files_map_once_each_and_read_back_exactly(demo_dir):
+    from safetensors.numpy import load_file
+
+    from arrcoc_steer.data import map_safetensors
+
+    path = next(demo_dir.glob("*/episode_*.safetensors"))
+    arrays, meta = map_safetensors(path)
+    expected = load_file(path)
+    assert set(arrays) == set(expected) and "episode" in meta
+    for name, value in expected.items():
+        assert arrays[name].dtype == value.dtype
+        np.testing.assert_array_equal(arrays[name], value)
+    bases = {id(_root(a)) for a in arrays.values()}
+    assert len(bases) == 1  # one map (one file descriptor) per file, however many tensors
+
+
+def _root(a: np.ndarray) -> np.ndarray:
+    while a.base is not None and isinstance(a.base, np.ndarray):
+        a = a.base
+    return a
