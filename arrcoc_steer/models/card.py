@@ -88,11 +88,16 @@ STAGE_FLAGS_SKIPPED = ("data", "out", "init", "device", "resume", "checkpoint_ev
 
 def collect_command(dataset: Path) -> str:
     """The ``arrcoc-steer collect`` call that wrote ``dataset`` (from its index.json)."""
+    import envs
+
     index = json.loads((dataset / "index.json").read_text()) if (dataset / "index.json").is_file() else {}
     cfg, eps = index.get("config", {}), index.get("episodes", [])
-    per_task = max((sum(e["task"] == t for e in eps) for t in {e["task"] for e in eps}), default="?")
-    flags = f" --seed {cfg['seed']}" if cfg.get("seed") else ""
+    tasks = sorted({e["task"] for e in eps})
+    per_task = max((sum(e["task"] == t for e in eps) for t in tasks), default="?")
+    flags = f" --tasks {' '.join(tasks)}" if tasks and len(tasks) < len(envs.list_tasks()) else ""
+    flags += f" --seed {cfg['seed']}" if cfg.get("seed") else ""
     flags += f" --noise {cfg['noise']}" if cfg.get("noise") else ""
+    flags += f" --max-steps {cfg['max_steps']}" if cfg.get("max_steps") else ""
     return f"`arrcoc-steer collect --episodes {per_task}{flags} --out data/{dataset.name}` ({len(eps)} episodes)"
 
 
@@ -151,12 +156,13 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
         "in the instructions, segmentation-derived grounding labels: "
         + "; ".join(collect_command(d) for d in datasets)
         + f". The last stage trained on {extra.get('episodes', '?')} episodes, {extra.get('frames', '?')} frames. "
-        "`--noise` runs (DART) execute the expert's translation plus correlated noise and record its clean action.",
+        "`--noise` runs (DART) execute the expert's translation plus correlated noise and record its clean action; "
+        "`--max-steps` runs record only each episode's first steps (perception data for the grounding).",
         "## Training",
         "\n".join(stages),
         "All other flags at their defaults; each run folder's `train_config.json` has every value.",
         *([f"Then the release decision: `python -m arrcoc_steer.models.gripper --model <model> --data "
-           f"{' '.join(f'data/{d.name}' for d in datasets)}` wrote `release_threshold: {config['release_threshold']}` "
+           f"{' '.join(f'data/{Path(d).name}' for d in configs[-1]['data'])}` wrote `release_threshold: {config['release_threshold']}` "
            "(the P(open) at which a hand with closed fingers opens; best balanced accuracy on the held-out frames)."]
           if config.get("release_threshold") is not None else []),
         *([f"Note: {note}"] if note else []),

@@ -31,10 +31,14 @@ def test_card_describes_each_training_stage_and_its_data(tmp_path):
         (folder / "train_log.jsonl").write_text("\n".join(map(json.dumps, recs)))
         return folder
 
-    for name, noise in (("demos", 0.0), ("demos_dart", 0.2)):
+    import envs
+
+    for name, noise, tasks, extra in (("demos", 0.0, envs.list_tasks(), {}),
+                                      ("demos_dart", 0.2, ["LiftRedBlock", "PutRedBlockInTray"], {"max_steps": 6})):  # fmt: skip
         (tmp_path / name).mkdir()
-        eps = [{"task": t, "length": 9} for t in ("LiftRedBlock", "PutRedBlockInTray") for _ in range(3)]
-        (tmp_path / name / "index.json").write_text(json.dumps({"config": {"seed": int(noise > 0), "noise": noise}, "episodes": eps}))
+        eps = [{"task": t, "length": 9} for t in tasks for _ in range(3)]
+        config = {"seed": int(noise > 0), "noise": noise, **extra}
+        (tmp_path / name / "index.json").write_text(json.dumps({"config": config, "episodes": eps}))
     base = run("minivla", [str(tmp_path / "demos")], steps=100, lr=0.0008)
     tuned = run("minivla_ft", [str(tmp_path / "demos"), str(tmp_path / "demos_dart")], steps=100, lr=0.0004,
                 init=str(base / "model"))  # fmt: skip
@@ -42,8 +46,9 @@ def test_card_describes_each_training_stage_and_its_data(tmp_path):
     model.mkdir()
     (model / "config.json").write_text(json.dumps({"extra": {"episodes": 12, "frames": 108}, "release_threshold": 0.09}))
     card = write_model_card(model, [base, tuned], rewired=False).read_text()
-    assert "`arrcoc-steer collect --episodes 3 --out data/demos` (6 episodes)" in card
-    assert "`arrcoc-steer collect --episodes 3 --seed 1 --noise 0.2 --out data/demos_dart`" in card
+    assert "`arrcoc-steer collect --episodes 3 --out data/demos` (45 episodes)" in card  # every task: no --tasks
+    assert ("`arrcoc-steer collect --episodes 3 --tasks LiftRedBlock PutRedBlockInTray --seed 1 --noise 0.2 "
+            "--max-steps 6 --out data/demos_dart` (6 episodes)") in card  # fmt: skip
     assert "1. `arrcoc-steer train --data data/demos --steps 100 --out runs/minivla`" in card  # lr is the default
     assert "2. `arrcoc-steer train --data data/demos data/demos_dart --init runs/minivla/model --steps 100 --lr 0.0004" in card
     assert "about 7 min" in card  # 100 steps x 64 frames at 16 frames/s
