@@ -10,10 +10,11 @@ decides which block to fetch, before the gripper's motion gives the answer away.
     python -m arrcoc_steer.models.pointing --model arrcoc_steer/checkpoints/minivla --data data/demos data/demos_dart
 
 Held-out episodes are few (5%); ``--fresh N`` instead resets each task's simulator at N fresh seeds
-and measures the first frame, per task: how the grounding generalises to new scenes (the stage-4
-policy: 3% of training first frames of PickYellowBlockIntoTray beyond 0.1, 17% of fresh ones).
+and measures the first frame, per task: how the grounding generalises to new scenes (the
+policy released before perception data was added: 3% of PickYellowBlockIntoTray's training first frames
+beyond 0.1, 12.5% of 40 fresh ones).
 
-    python -m arrcoc_steer.models.pointing --model arrcoc_steer/checkpoints/minivla --fresh 30
+    python -m arrcoc_steer.models.pointing --model arrcoc_steer/checkpoints/minivla --fresh 40 --budget 400
 """
 
 from __future__ import annotations
