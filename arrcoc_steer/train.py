@@ -225,7 +225,7 @@ class Trainer:
         if cfg.train_only == "grounding" and not self.data.has_grounding:
             raise ConfigError(f"train_only='grounding' needs grounding labels; {list(cfg.data)} has none "
                               "(collect demos with `arrcoc-steer collect`, which records them)")  # fmt: skip
-        self.train_rows, self.val_rows = self.data.split(cfg.holdout_frac, cfg.seed + 1)
+        self.train_rows, self.val_rows = holdout_split(self.data, cfg.holdout_frac, cfg.seed)
         self.early_rows = self.train_rows[self.data.index[self.train_rows, 1] <= EARLY_STEPS]
         self.optimizer = self._make_optimizer()
         self.step = 0
@@ -521,14 +521,25 @@ def plot_training_curve(logs: Path | list[Path], png_path: Path) -> None:
     plt.close(fig)
 
 
-def held_out_rows(model: MiniVLA, data: FrameDataset, holdout_frac: float | None = None,
-                  seed: int | None = None) -> np.ndarray:  # fmt: skip
-    """The frames of ``data`` that ``model``'s last training run held out: its ``holdout_frac`` and
-    ``seed``, read from the checkpoint's provenance unless given, split as :class:`Trainer` splits."""
+def holdout_split(data: FrameDataset, holdout_frac: float, seed: int) -> tuple[np.ndarray, np.ndarray]:
+    """(training rows, held-out rows) of a run with this ``holdout_frac`` and ``seed``."""
+    return data.split(holdout_frac, seed + 1)
+
+
+def run_split(model: MiniVLA, data: FrameDataset, holdout_frac: float | None = None,
+              seed: int | None = None) -> tuple[np.ndarray, np.ndarray]:  # fmt: skip
+    """The (training, held-out) frames of ``data`` in ``model``'s last training run: its ``holdout_frac``
+    and ``seed``, read from the checkpoint's provenance unless given."""
     train_cfg = model.config.extra.get("train_config", {})
     holdout_frac = train_cfg.get("holdout_frac", 0.05) if holdout_frac is None else holdout_frac
     seed = train_cfg.get("seed", 0) if seed is None else seed
-    return data.split(holdout_frac, seed + 1)[1]
+    return holdout_split(data, holdout_frac, seed)
+
+
+def held_out_rows(model: MiniVLA, data: FrameDataset, holdout_frac: float | None = None,
+                  seed: int | None = None) -> np.ndarray:  # fmt: skip
+    """The frames of ``data`` that ``model``'s last training run held out (see :func:`run_split`)."""
+    return run_split(model, data, holdout_frac, seed)[1]
 
 
 def train(cfg: TrainConfig) -> Path:

@@ -65,7 +65,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
     into, each labelled with the correction back.
     """
     from .expert import ScriptedExpert
-    from .grounding import grounding_cells
+    from .grounding import scene_grounding
 
     obs, info = env.reset(seed=ep_seed, options={"modifiers": modifiers})
     expert = ScriptedExpert(env)
@@ -78,7 +78,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
         for k in ("agentview", "wrist", "state"):
             frames[k].append(obs[k])
         frames["action"].append(action)
-        frames["grounding"].append(np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")]))
+        frames["grounding"].append(scene_grounding(env.unwrapped))
         executed = action
         if noise > 0 and expert.phase not in QUIET_PHASES:
             innovation = rng.normal(0.0, noise * np.sqrt(1 - NOISE_CORRELATION**2), 3)

@@ -50,3 +50,9 @@ def grounding_cells(env, camera: str, cell: int = 8) -> np.ndarray:
     blocks = labels.reshape(h // cell, cell, w // cell, cell).transpose(0, 2, 1, 3).reshape(-1, cell * cell)
     counts = np.stack([(blocks == k).sum(1) for k in range(len(CLASSES))], 1)
     return counts.astype(np.uint8)
+
+
+def scene_grounding(env, cameras: tuple[str, ...] = ("agentview", "wrist")) -> np.ndarray:
+    """(len(cameras) * cells, len(CLASSES)) counts of every camera, stacked: one frame's ``grounding``
+    array as the demo datasets record it."""
+    return np.concatenate([grounding_cells(env, c) for c in cameras])

@@ -23,8 +23,7 @@ import envs
 from arrcoc_steer.eval import fresh_seeds
 from arrcoc_steer.eval.sweep import resolve_tasks
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, POINTED, MiniVLA
-from arrcoc_steer.train import true_pointer
-from envs.grounding import grounding_cells
+from arrcoc_steer.models.pointing import scene_pointer
 
 TARGET = POINTED.index(2)  # pointer row of the target class
 
@@ -38,8 +37,7 @@ def run(model: MiniVLA, task: str, seed: int, oracle: bool, budget: int, error_s
         while not done and (max_steps is None or t < max_steps):
             truth = None
             if oracle or t < error_steps:  # the segmentation, only where it is read
-                counts = np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")])
-                truth = true_pointer(torch.from_numpy(counts)[None], 2)
+                truth = scene_pointer(env, model.grid_cameras)
             out, state, _ = model.observe(obs, obs["instruction"], budget, pointer=truth if oracle else None)
             if t < error_steps:
                 own = out.pointer if not oracle else model.observe(obs, obs["instruction"], budget)[0].pointer

@@ -33,6 +33,24 @@ from .minivla import GROUNDING_CLASSES, POINTED, MiniVLA
 FAR = 0.1  # a pointer further than this (fraction of the image, mean of |dx| and |dy|) is at another object
 
 
+def scene_pointer(env, n_cameras: int = 2) -> torch.Tensor:
+    """The pointer the simulator's segmentation implies for ``env``'s current frame (1, n_cam, K, 3):
+    what the grounding is trained toward."""
+    from envs.grounding import scene_grounding
+
+    from ..train import true_pointer
+
+    return true_pointer(torch.from_numpy(scene_grounding(env.unwrapped))[None], n_cameras)
+
+
+def agent_view_error(pointer: torch.Tensor, truth: torch.Tensor, name: str) -> np.ndarray:
+    """Per frame, mean |dx|, |dy| (image fractions) of the agent-view pointer of class ``name``;
+    NaN where the class is not in view."""
+    k = POINTED.index(GROUNDING_CLASSES.index(name))
+    err = (pointer[:, 0, k, :2].float().cpu() - truth[:, 0, k, :2]).abs().mean(-1)
+    return torch.where(truth[:, 0, k, 2] > 0, err, torch.nan).numpy()
+
+
 @torch.no_grad()
 def pointer_errors(model: MiniVLA, data: FrameDataset, rows: np.ndarray, budget: int = 100, batch_size: int = 32,
                    progress: bool = True) -> dict[str, np.ndarray]:  # fmt: skip
@@ -48,9 +66,7 @@ def pointer_errors(model: MiniVLA, data: FrameDataset, rows: np.ndarray, budget:
         out, _, _ = model.observe(b, b["instruction"], budget=budget)
         truth = true_pointer(torch.from_numpy(b["grounding"]), model.grid_cameras)
         for name in errors:
-            k = POINTED.index(GROUNDING_CLASSES.index(name))
-            err = (out.pointer[:, 0, k, :2].float().cpu() - truth[:, 0, k, :2]).abs().mean(-1)
-            errors[name].append(torch.where(truth[:, 0, k, 2] > 0, err, torch.nan).numpy())
+            errors[name].append(agent_view_error(out.pointer, truth, name))
     return {name: np.concatenate(e) for name, e in errors.items()}
 
 
@@ -59,25 +75,19 @@ def fresh_scene_errors(model: MiniVLA, task: str, seeds: list[int], budget: int 
     """Agent-view pointer error of the target and the destination on the first frame of ``task`` reset
     at each of ``seeds`` (NaN where the class is not in view)."""
     import envs
-    from envs.grounding import grounding_cells
-
-    from ..train import true_pointer
 
     errors = {name: [] for name in ("target", "destination")}
     env = envs.make(task)
     try:
         for seed in seeds:
             obs, _ = env.reset(seed=seed)
-            counts = np.concatenate([grounding_cells(env.unwrapped, c) for c in ("agentview", "wrist")])
-            truth = true_pointer(torch.from_numpy(counts)[None], model.grid_cameras)
+            truth = scene_pointer(env, model.grid_cameras)
             out, _, _ = model.observe(obs, obs["instruction"], budget=budget)
             for name in errors:
-                k = POINTED.index(GROUNDING_CLASSES.index(name))
-                err = float((out.pointer[0, 0, k, :2].float().cpu() - truth[0, 0, k, :2]).abs().mean())
-                errors[name].append(err if truth[0, 0, k, 2] > 0 else np.nan)
+                errors[name].append(agent_view_error(out.pointer, truth, name))
     finally:
         env.close()
-    return {name: np.array(e) for name, e in errors.items()}
+    return {name: np.concatenate(e) for name, e in errors.items()}
 
 
 def summarize(errors: np.ndarray, groups: np.ndarray) -> dict:
@@ -92,18 +102,22 @@ def summarize(errors: np.ndarray, groups: np.ndarray) -> dict:
 
 
 def report(model_dir: str | Path, data: list[str], max_t: int = 3, budget: int = 100, holdout_frac: float | None = None,
-           seed: int | None = None, progress: bool = True, device: str = "auto") -> dict:  # fmt: skip
-    """Pointer errors per suite on the first ``max_t + 1`` frames of the training run's held-out episodes."""
-    from ..train import held_out_rows, pick_device
+           seed: int | None = None, progress: bool = True, device: str = "auto", split: str = "held-out",
+           by: str = "suite") -> dict:  # fmt: skip
+    """Pointer errors per suite (or ``by="task"``) on the first ``max_t + 1`` frames of the training run's
+    held-out episodes (``split="train"``: its training episodes, to compare memorisation with generalisation)."""
+    from ..train import pick_device, run_split
 
+    if split not in ("held-out", "train") or by not in ("suite", "task"):
+        raise ValueError(f"split must be 'held-out' or 'train' and by 'suite' or 'task', got {split!r}, {by!r}")
     model = MiniVLA.from_pretrained(model_dir, pick_device(device)).eval()
     frames = FrameDataset(data)
-    held = held_out_rows(model, frames, holdout_frac, seed)
-    held = held[frames.index[held, 1] <= max_t]
-    suites = np.array([frames.episodes[e].meta.get("suite", "?") for e, _ in frames.index[held]])
-    errors = pointer_errors(model, frames, held, budget, progress=progress)
-    return {"max_t": max_t, "budget": budget, "grounding": model.config.grounding,
-            **{name: summarize(e, suites) for name, e in errors.items()}}  # fmt: skip
+    rows = run_split(model, frames, holdout_frac, seed)[split == "held-out"]
+    rows = rows[frames.index[rows, 1] <= max_t]
+    groups = np.array([frames.episodes[e].meta.get(by, "?") for e, _ in frames.index[rows]])
+    errors = pointer_errors(model, frames, rows, budget, progress=progress)
+    return {"split": split, "max_t": max_t, "budget": budget, "grounding": model.config.grounding,
+            **{name: summarize(e, groups) for name, e in errors.items()}}  # fmt: skip
 
 
 def fresh_report(model_dir: str | Path, tasks: list[str], n_seeds: int, seed_base: int = 8_000_000, budget: int = 100,
@@ -130,13 +144,16 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--tasks", nargs="+", default=["all"], help="with --fresh: task or suite names (default: all)")
     p.add_argument("--seed-base", type=int, default=8_000_000, help="with --fresh: first seed (default: %(default)s)")
     p.add_argument("--max-t", type=int, default=3, help="frames 0..max_t of each held-out episode (default: %(default)s)")
+    p.add_argument("--split", choices=("held-out", "train"), default="held-out",
+                   help="with --data: the run's held-out or its training episodes (default: %(default)s)")
+    p.add_argument("--by", choices=("suite", "task"), default="suite", help="with --data: group per suite or per task")
     p.add_argument("--budget", type=int, default=100, help="visual tokens, uniform allocation (default: %(default)s)")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
     args = p.parse_args(argv)
     if args.fresh:
         result = fresh_report(args.model, args.tasks, args.fresh, args.seed_base, args.budget, device=args.device)
     elif args.data:
-        result = report(args.model, args.data, args.max_t, args.budget, device=args.device)
+        result = report(args.model, args.data, args.max_t, args.budget, device=args.device, split=args.split, by=args.by)
     else:
         p.error("give --data (held-out demonstration frames) or --fresh N (fresh scenes)")
     print(json.dumps(result, indent=2))
