@@ -235,6 +235,8 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
         "'budget budget=64 allocator=relevance', 'concept concepts=c.yaml concept=fast alpha=4' (default: unsteered)",
     )
     p.add_argument("--conditions-file", help="YAML list of conditions (see arrcoc_steer.eval.load_conditions)")
+    p.add_argument("--baseline", help="the condition every other is paired with (default: 'unsteered' when "
+                   "it is one of them, else the first condition)")  # fmt: skip
     p.add_argument("--out", default="runs/eval", help="run folder; rerunning resumes it (default: %(default)s)")
     p.add_argument("--backend", choices=("local", "serial", "ray"), default="local", help="where episodes run")
     p.add_argument("--workers", type=int, help="processes or Ray actors (default: all cores)")
@@ -245,16 +247,18 @@ def _setup_eval(p: argparse.ArgumentParser) -> None:
 
 @command("eval", "evaluate a policy under conditions in closed loop (resumable run folder)", _setup_eval)
 def cmd_eval(args: argparse.Namespace) -> int:
-    from .eval import evaluate, fresh_seeds, load_conditions
+    from .eval import as_condition, evaluate, fresh_seeds, load_conditions
 
     conditions = [_parse_condition(c) for c in args.conditions or [["unsteered"]]]
     args.policy = args.policy or _default_policy()
     if args.conditions_file:
         conditions += load_conditions(args.conditions_file)
+    names = [as_condition(c).name for c in conditions]
+    baseline = args.baseline or ("unsteered" if "unsteered" in names else names[0])
     seeds = args.seeds if args.seed_base is None else fresh_seeds(args.seeds, args.seed_base)
     results = evaluate(
         args.policy, args.tasks, conditions, seeds, args.out, backend=args.backend, workers=args.workers,
-        address=args.address, frames=args.video, max_steps=args.max_steps,
+        address=args.address, frames=args.video, max_steps=args.max_steps, baseline=baseline,
     )  # fmt: skip
     print(results.format())
     print(results.format_by_suite("success"))

@@ -128,10 +128,11 @@ class Resources:
 
         return self._get(("direction", path), lambda: ResidualDirection.load(path))
 
-    def allocator(self, grid: RegionGrid):
-        from ..relevance import RelevanceAllocator
+    def allocator(self, grid: RegionGrid, phase_aware: bool = True):
+        from ..relevance import RelevanceAllocator, RelevanceConfig
 
-        return self._get(("allocator", grid), lambda: RelevanceAllocator(grid=grid))
+        config = RelevanceConfig(phase_aware=phase_aware)
+        return self._get(("allocator", grid, phase_aware), lambda: RelevanceAllocator(config, grid=grid))
 
 
 # --------------------------------------------------------------------------------- the specs
@@ -570,18 +571,26 @@ class Budget(Condition):
         allocator: ``relevance`` (ARR-COC, query-aware), ``uniform`` (uniform pooling), ``random``
             (random keep, drawn per step from the episode seed) or ``downsample`` (whole-image
             downsampling, uniform allocation).
+        phase_aware: relevance only: weigh target and destination by the task phase (reach / carry,
+            relevance/phase.py); False keeps the reaching weights throughout (the ablation).
     """
 
     kind: ClassVar[str] = "budget"
     budget: int = 100
     allocator: str = "relevance"
+    phase_aware: bool = True
 
     def _validate(self) -> None:
         object.__setattr__(self, "budget", check_budget(self.budget))
         _choice("Budget", "allocator", self.allocator, ALLOCATORS)
+        if not isinstance(self.phase_aware, bool):
+            raise ConfigError(f"Budget.phase_aware must be true or false, got {self.phase_aware!r}")
+        if not self.phase_aware and self.allocator != "relevance":
+            raise ConfigError(f"Budget.phase_aware=false applies to allocator 'relevance' only, not {self.allocator!r}")
 
     def default_name(self) -> str:
-        return f"budget_{self.allocator}_{self.budget}"
+        static = "" if self.phase_aware else "_static"
+        return f"budget_{self.allocator}{static}_{self.budget}"
 
     def check_policy(self, policy: Policy) -> None:
         if not accepts(policy, "allocation"):
@@ -591,7 +600,7 @@ class Budget(Condition):
     def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
         self.check_policy(policy)
         grid = getattr(policy, "region_grid", None) or RegionGrid()
-        allocator = resources.allocator(grid) if self.allocator == "relevance" else None
+        allocator = resources.allocator(grid, self.phase_aware) if self.allocator == "relevance" else None
         return _BudgetRuntime(self, grid, allocator, np.random.default_rng([seed, 0xB06E7]))
 
 
@@ -599,6 +608,7 @@ class _BudgetRuntime(Runtime):
     def __init__(self, spec: Budget, grid: RegionGrid, allocator, rng: np.random.Generator):
         self.spec, self.grid, self.allocator, self.rng = spec, grid, allocator, rng
         self.allocations: list[np.ndarray] = []
+        self.carrying: list[bool] = []
 
     def observation(self, obs: dict) -> dict:
         if self.spec.allocator != "downsample":
@@ -613,7 +623,9 @@ class _BudgetRuntime(Runtime):
 
         b = self.spec.budget
         if self.spec.allocator == "relevance":
-            alloc = self.allocator.allocate(obs, instruction, budget=b)
+            result = self.allocator(obs, instruction, budget=b)
+            alloc = result.allocation
+            self.carrying.append(result.phase == "carry")
         elif self.spec.allocator == "random":
             alloc = random_allocation(b, self.rng, self.grid)
         else:
@@ -624,7 +636,10 @@ class _BudgetRuntime(Runtime):
     def traces(self) -> dict[str, np.ndarray]:
         shape = (0, self.grid.n_cameras, self.grid.regions_per_camera)
         alloc = np.stack(self.allocations) if self.allocations else np.zeros(shape)
-        return {"allocation": alloc.astype(np.int16)}
+        out = {"allocation": alloc.astype(np.int16)}
+        if self.spec.allocator == "relevance":
+            out["carrying"] = np.asarray(self.carrying, np.int8)  # the phase relevance read, per step
+        return out
 
 
 # ---------------------------------------------------------------------------- construction

@@ -1,6 +1,7 @@
 """ARR-COC relevance realization: query-aware visual token budgets for any policy or VLM.
 
-Ways of knowing (knowing.py, grounded in language by grounding.py) -> opponent processing
+Ways of knowing (knowing.py, grounded in language by grounding.py, roles weighed by the task's
+phase, phase.py) -> opponent processing
 (balancing.py) -> RelevanceAllocator with steering biases (allocating.py, biases.py) -> an exact
 per-region token budget. Baselines (baselines.py), metrics against segmentation (metrics.py) and a
 visual-token pruner for Hugging Face VLMs (pruning.py, imports transformers lazily).
@@ -27,6 +28,7 @@ from .knowing import (
     perspectival,
     propositional,
 )
+from .phase import PHASES, ROLE_WEIGHTS, phase_of
 from .metrics import detailed_regions, pointing_game, query_sensitivity_iou, target_recall
 from .pruning import PrunedInputs, VisualTokenPruner
 
@@ -39,5 +41,6 @@ __all__ = [
     "ImageStats", "KnowingMap", "OcclusionSensitivity", "ActsOnAllocation",
     "propositional", "perspectival", "participatory", "balance", "Balance",
     "steering_bias", "project_points", "gripper_pixels",
+    "phase_of", "PHASES", "ROLE_WEIGHTS",
     "WAYS", "TENSIONS", "LABELS", "STEER_TARGETS",
 ]  # fmt: skip

@@ -7,8 +7,9 @@ The allocator is the whole ARR-COC step a control loop calls once per observatio
     action = policy.predict_action(obs, instruction, allocation=result.allocation)
 
 1. ``ImageStats`` of both cameras in one pass, then the propositional, perspectival and participatory
-   maps (knowing.py; the instruction is parsed once and cached, grounding.py), plus the optional
-   procedural map.
+   maps (knowing.py; the instruction is parsed once and cached, grounding.py; the participatory map
+   weighs target and destination by the task's phase, read from ``obs["state"]``, phase.py), plus
+   the optional procedural map.
 2. Opponent processing (balancing.py) on the 4 x 4 regions (and on the 16 x 16 cells when
    ``RelevanceConfig.cell_relevance``; ``relevance_maps`` does that alone, for VLM token pruning).
 3. ``relevance = camera_weight * balanced + steering bias`` (biases.py).
@@ -31,6 +32,7 @@ from .balancing import NONE, TENSIONS, WAYS, Balance, Tensions, balance
 from .biases import Steer, check_masks, steering_bias
 from .grounding import Grounder, Query
 from .knowing import ImageStats, KnowingMap, OcclusionSensitivity, participatory, perspectival, propositional
+from .phase import check_phase, phase_of
 
 STEERING = "steering"
 LABELS = (*WAYS, STEERING, NONE)  # values of RelevanceResult.dominant
@@ -48,6 +50,8 @@ class RelevanceConfig:
     """evidence floors of propositional (bits), perspectival (contrast) and participatory (pixel fraction)."""
     cell_relevance: bool = False
     """also balance the 16 x 16 cell maps into ``RelevanceResult.cell_relevance`` (~0.15 ms)."""
+    phase_aware: bool = True
+    """read the phase (reach / carry) from ``obs["state"]``'s fingers; False: always "reach" (fixed roles)."""
 
     def __post_init__(self):
         if not isinstance(self.tensions, Tensions):
@@ -78,6 +82,7 @@ class RelevanceResult:
     tension_margins: dict[str, np.ndarray]  # tension -> float, > 0 favours the first pole
     cell_relevance: np.ndarray | None = None  # (n, G, G) balanced cell map, bias excluded
     query: Query | None = field(default=None, repr=False)
+    phase: str = "reach"  # the task phase the participatory map weighed its roles by (phase.py)
 
     def detailed(self) -> np.ndarray:
         """Bool ``(n, R)``: regions with more tokens than the uniform share ``budget / n_regions``."""
@@ -90,7 +95,7 @@ class RelevanceResult:
         ways = ", ".join(f"{k[:5]}={v[i, region]:.2f}" for k, v in self.maps.items())
         return (
             f"{camera} region {region}: {self.allocation[i, region]} tokens, relevance {self.relevance[i, region]:.3f}"
-            f" (bias {self.bias[i, region]:+.2f}); dominant {self.dominant[i, region]}; {poles}; {ways}"
+            f" (bias {self.bias[i, region]:+.2f}); dominant {self.dominant[i, region]}; {poles}; {ways}; phase {self.phase}"
         )
 
 
@@ -137,17 +142,26 @@ class RelevanceAllocator:
     def query(self, instruction: str | None) -> Query:
         return self.grounder.query(instruction or "")
 
-    def _ways(self, stats: ImageStats, instruction: str | None) -> dict[str, KnowingMap]:
+    def phase(self, obs, phase: str | None = None) -> str:
+        """``phase`` if given; else, when ``config.phase_aware``, the one ``obs["state"]`` shows; else "reach"."""
+        if phase is not None:
+            return check_phase(phase)
+        if self.config.phase_aware and isinstance(obs, Mapping) and obs.get("state") is not None:
+            return phase_of(obs["state"])
+        return "reach"
+
+    def _ways(self, stats: ImageStats, instruction: str | None, phase: str = "reach") -> dict[str, KnowingMap]:
         fp, fs, fc = self.config.floors
         return {
             "propositional": propositional(stats, fp),
             "perspectival": perspectival(stats, fs),
-            "participatory": participatory(stats, self.query(instruction), fc),
+            "participatory": participatory(stats, self.query(instruction), fc, phase=phase),
         }
 
-    def knowing(self, obs, instruction: str | None = None) -> dict[str, KnowingMap]:
+    def knowing(self, obs, instruction: str | None = None, phase: str | None = None) -> dict[str, KnowingMap]:
         """The ways of knowing of one observation (each normalised within each image)."""
-        maps = self._ways(ImageStats.compute(self.images(obs), self.grid, self.grounder.palette), instruction)
+        stats = ImageStats.compute(self.images(obs), self.grid, self.grounder.palette)
+        maps = self._ways(stats, instruction, self.phase(obs, phase))
         if self.procedural is not None:
             if not isinstance(obs, Mapping):
                 raise ConfigError("the procedural way of knowing needs the observation dict, not bare images")
@@ -183,21 +197,24 @@ class RelevanceAllocator:
         steer: Sequence[Steer] = (),
         gripper_px: Mapping[str, tuple[float, float]] | None = None,
         target_masks: np.ndarray | None = None,
+        phase: str | None = None,
     ) -> RelevanceResult:
         """Relevance, allocation and their explanation for one observation.
 
-        obs: dict with one ``(S, S, 3)`` uint8 image per camera (and optionally "instruction"), or
-        ``(n_cameras, S, S, 3)``. gripper_px: ``{camera: (u, v)}`` for Steer("gripper").
-        target_masks: ``(n_cameras, S, S)`` target segmentation for Steer("target").
+        obs: dict with one ``(S, S, 3)`` uint8 image per camera (and optionally "instruction" and
+        "state"), or ``(n_cameras, S, S, 3)``. gripper_px: ``{camera: (u, v)}`` for Steer("gripper").
+        target_masks: ``(n_cameras, S, S)`` target segmentation for Steer("target"). phase: "reach"
+        or "carry" overrides the phase read from ``obs["state"]``.
         """
         budget = check_budget(budget)
+        phase = self.phase(obs, phase)
         if isinstance(steer, Steer):
             steer = (steer,)
         if instruction is None and isinstance(obs, Mapping):
             instruction = obs.get("instruction")
         if target_masks is not None:
             target_masks = check_masks(target_masks, self.grid, len(self.cameras), "target_masks")
-        kmaps = self.knowing(obs, instruction)
+        kmaps = self.knowing(obs, instruction, phase)
         n, g = len(self.cameras), self.grid.grid
         strength = {k: m.strength for k, m in kmaps.items()}
         tensions = self.config.tensions
@@ -234,6 +251,7 @@ class RelevanceAllocator:
             tension_margins=flat(regional.margins),
             cell_relevance=cells,
             query=self.query(instruction),
+            phase=phase,
         )
 
     def allocate(self, obs, instruction: str | None = None, budget: int = 100, **kwargs) -> np.ndarray:

@@ -21,8 +21,9 @@ evidence the image holds.
   block covering 3% of a region, 30 px, is full evidence) for the region map, per cell (floor 0.25)
   for the cell map -- so a big tray does not swamp a small block. The query's colour weights turn
   this into one map per role, combined by the strongest role:
-  ``max(1.0 * target * spatial prior, 0.5 * destination, 0.5 * anchor)``; a region is the mean
-  of its cells. The spatial prior for "left" (and right / front / back): among cells matching at
+  ``max(1.0 * target * spatial prior, 0.5 * destination, 0.5 * anchor)`` while reaching, and
+  ``max(0.25 * target * prior, 1.0 * destination, 0.5 * anchor)`` once the target is held (phase.py);
+  a region is the mean of its cells. The spatial prior for "left" (and right / front / back): among cells matching at
   least half as well as the best, the object (8-connected cells) holding the extreme one keeps
   weight 1; every other cell is weighted ``min(1, exp(-(coord - e) / sigma))``, e the chosen
   object's far edge along the relation, sigma = 1.5 cells: objects a block-width beyond it drop to
@@ -47,6 +48,7 @@ from scipy.ndimage import label, uniform_filter
 from ..errors import ConfigError
 from ..regions import CAMERAS, RegionGrid
 from .grounding import Palette, Query
+from .phase import ROLE_WEIGHTS, check_phase
 
 EDGE_THRESHOLD = 0.04  # luminance step (0..1) per pixel below which a pixel counts as flat
 N_ORIENT = 5  # 4 unsigned orientations + flat
@@ -195,31 +197,32 @@ def perspectival(stats: ImageStats, floor: float = 0.1, edge_weight: float = 1.0
     return _normalise("perspectival", regions, cells, floor)
 
 
-ROLE_WEIGHTS = {"target": 1.0, "destination": 0.5, "anchor": 0.5}
-
-
-def participatory(stats: ImageStats, query: Query, floor: float = 0.03, cell_floor: float = 0.25) -> KnowingMap:
+def participatory(
+    stats: ImageStats, query: Query, floor: float = 0.03, cell_floor: float = 0.25, phase: str = "reach"
+) -> KnowingMap:
     """Instruction-region coupling through colour names, with the query's spatial prior.
 
     Each palette colour's pixel fraction is divided by max(its largest fraction in the image, floor)
     -- per region for the region map, per cell (floor 0.25) for the cell map -- so a large tray does
-    not swamp a small block; roles combine by ROLE_WEIGHTS, each pixel under its strongest role.
+    not swamp a small block; roles combine by the phase's ROLE_WEIGHTS (phase.py), each pixel under
+    its strongest role.
     """
+    roles = ROLE_WEIGHTS[check_phase(phase)]
     grid = stats.grid
     frac = stats.names / float(grid.cell_px**2)  # (n, G, G, K)
     region_scale = np.maximum(_to_regions(frac, grid).max(1) / grid.cells**2, floor)[:, None, None]  # (n, 1, 1, K)
     cell_scale = np.maximum(frac.max((1, 2), keepdims=True), cell_floor)
     fine = frac / cell_scale
     prior = spatial_prior(fine @ query.target, fine @ query.anchor, query.relation)  # (n, G, G)
-    cells = _coupling(fine, query, prior)
-    regions = _to_regions(_coupling(frac / region_scale, query, prior), grid) / grid.cells**2
+    cells = _coupling(fine, query, prior, roles)
+    regions = _to_regions(_coupling(frac / region_scale, query, prior, roles), grid) / grid.cells**2
     return _normalise("participatory", regions, cells, 1.0)
 
 
-def _coupling(evidence: np.ndarray, query: Query, prior: np.ndarray) -> np.ndarray:
+def _coupling(evidence: np.ndarray, query: Query, prior: np.ndarray, roles: dict[str, float]) -> np.ndarray:
     """``(n, G, G, K)`` colour evidence -> ``(n, G, G)``: max over roles of weight x role evidence."""
-    target = ROLE_WEIGHTS["target"] * prior * (evidence @ query.target)
-    others = [ROLE_WEIGHTS[r] * (evidence @ getattr(query, r)) for r in ("destination", "anchor")]
+    target = roles["target"] * prior * (evidence @ query.target)
+    others = [roles[r] * (evidence @ getattr(query, r)) for r in ("destination", "anchor")]
     return np.maximum.reduce([target, *others])
 
 

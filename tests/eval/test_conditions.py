@@ -20,6 +20,7 @@ def every_kind(concepts: str) -> list[C.Condition]:
         C.ClosedLoop(steer=fast, controller=ControllerConfig(target_ratio=1.3, alpha_max=8.0)),
         C.ClosedLoop(reference=0.15),
         C.Budget(budget=100, allocator="random"),
+        C.Budget(budget=64, phase_aware=False),
     ]
 
 
@@ -35,7 +36,7 @@ def test_default_names_are_readable_and_distinct(concepts_file):
     names = [c.name for c in every_kind(concepts_file)]
     assert names[:5] == ["unsteered", "prompt_quickly", "concept_fast+slow_clamp2.5_L2.3",
                          "random_fast_clamp4_s7", "residual_speed_2"]
-    assert names[-1] == "budget_random_100"
+    assert names[-2:] == ["budget_random_100", "budget_relevance_static_64"]
     assert len(set(names)) == len(names)
 
 
@@ -57,6 +58,10 @@ def test_unknown_field_and_bad_values_name_the_field(concepts_file):
         C.Budget(budget=10)
     with pytest.raises(UnknownNameError, match="Valid Budget.allocators: downsample, random, relevance, uniform"):
         C.Budget(allocator="smart")
+    with pytest.raises(ConfigError, match="applies to allocator 'relevance' only"):
+        C.Budget(allocator="uniform", phase_aware=False)
+    with pytest.raises(ConfigError, match="phase_aware must be true or false"):
+        C.Budget(phase_aware="yes")
     with pytest.raises(ConfigError, match="characters the env's instructions cannot hold"):
         C.Prompt(modifier="quickly!")
     with pytest.raises(ConfigError, match="name must be"):

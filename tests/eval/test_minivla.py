@@ -42,6 +42,7 @@ def test_every_condition_runs_on_minivla(policy, files, tmp_path):
         residual,
         ClosedLoop(steer=residual, reference=0.1, controller=ControllerConfig(alpha_max=4.0)),
         *[Budget(budget=64, allocator=a) for a in ("relevance", "uniform", "random", "downsample")],
+        Budget(budget=64, phase_aware=False),
     ]  # fmt: skip
     r = evaluate(policy, ["LiftRedBlock"], conditions, seeds=1, out_dir=tmp_path, backend="serial", max_steps=1,
                  progress=False)
@@ -53,8 +54,10 @@ def test_every_condition_runs_on_minivla(policy, files, tmp_path):
     loop = folder.load_record(key(conditions[5].name))
     assert loop.traces["alpha"].shape == (1,) and loop.notes["reference"] == 0.1
     for c in conditions[6:]:
-        alloc = folder.load_record(key(c.name)).traces["allocation"]
-        assert alloc.shape == (1, 2, 16) and (alloc.sum(axis=(1, 2)) == 64).all()
+        traces = folder.load_record(key(c.name)).traces
+        assert traces["allocation"].shape == (1, 2, 16) and (traces["allocation"].sum(axis=(1, 2)) == 64).all()
+        assert ("carrying" in traces) == (c.allocator == "relevance")  # the phase relevance read, per step
+    assert conditions[-1].name == "budget_relevance_static_64"
     assert r.controls[fast.name]["speed_w"]["n_controls"] == 1  # a percentile needs >= 20 of them:
     assert not r.controls[fast.name]["speed_w"]["sufficient"]
     assert conditions[5].name in r.closed_loop  # compared with the fixed steers of the sweep

@@ -198,3 +198,16 @@ def test_the_eval_command_runs_development_seeds_apart_from_the_reporting_ones(t
     assert main(["eval", "--policy", "expert", "--tasks", "LiftRedBlock", "--seeds", "2", "--seed-base", "7000000",
                  "--out", str(out), "--backend", "serial", "--max-steps", "3"]) == 0  # fmt: skip
     assert sorted(json.loads(doc)["seed"] for doc in episode_files(out).values()) == [7_000_000, 7_000_001]
+
+
+def test_the_eval_command_pairs_with_unsteered_else_the_first_condition_else_the_one_named(tmp_path):
+    from arrcoc_steer.cli import main
+
+    base = ["eval", "--policy", "expert", "--tasks", "LiftRedBlock", "--seeds", "1", "--backend", "serial",
+            "--max-steps", "2"]  # fmt: skip
+    prompts = ["--condition", "prompt", "modifier=quickly", "--condition", "prompt", "modifier=slowly"]
+    for extra, baseline in [([], "unsteered"), (prompts, "prompt_quickly"),
+                            (prompts + ["--baseline", "prompt_slowly"], "prompt_slowly")]:  # fmt: skip
+        out = tmp_path / baseline
+        assert main([*base, *extra, "--out", str(out)]) == 0
+        assert json.loads((out / "sweep.json").read_text())["baseline"] == baseline

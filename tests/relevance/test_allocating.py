@@ -14,7 +14,7 @@ from arrcoc_steer.relevance import (
     query_sensitivity_iou,
 )
 
-from .conftest import BLUE, RED, pair, scene
+from .conftest import BLUE, BROWN, RED, pair, scene
 
 
 @pytest.mark.parametrize("budget", [64, 65, 100, 255, 256, 399, 400])
@@ -202,3 +202,54 @@ def test_a_long_control_loop_does_not_grow_memory(allocator, four_blocks):
     grown = tracemalloc.get_traced_memory()[0] - base
     tracemalloc.stop()
     assert grown < 256 * 1024, f"{grown} bytes retained over 300 steps"
+
+
+OPEN = np.array([0, 0, 0.15, 1, 0, 0, 0, 0.045, 0.045])  # ee xyz, quat wxyz, fingers fully open
+HOLDING = OPEN.copy()
+HOLDING[7:9] = 0.019  # closed on a 4 cm block
+CLOSED_ON_AIR = OPEN.copy()
+CLOSED_ON_AIR[7:9] = 0.0
+
+
+def carrying_scene() -> dict:
+    """The wrist view of a held red block over a brown tray: block at the top, tray at the bottom."""
+    wrist = scene((RED, (52, 0), 24), (BROWN, (16, 80), 96))
+    return {"agentview": scene((RED, (60, 60), 12), (BROWN, (90, 90), 30)), "wrist": wrist}
+
+
+def test_phase_is_read_from_the_fingers():
+    from arrcoc_steer.relevance import phase_of
+
+    assert phase_of(OPEN) == "reach" and phase_of(CLOSED_ON_AIR) == "reach" and phase_of(HOLDING) == "carry"
+    with pytest.raises(ConfigError, match="indices 7..8"):
+        phase_of(OPEN[:7])
+    with pytest.raises(ConfigError, match="must be finite"):
+        phase_of(np.r_[OPEN[:7], np.nan, 0.02])
+
+
+def test_carrying_moves_detail_from_the_held_block_to_the_destination(allocator):
+    """Once the block is held, the wrist camera's tray (bottom half) gains tokens and the block loses."""
+    obs = carrying_scene()
+    text = "put the red block in the tray"
+    reach = allocator({**obs, "state": OPEN}, text, budget=64)
+    carry = allocator({**obs, "state": HOLDING}, text, budget=64)
+    assert (reach.phase, carry.phase) == ("reach", "carry")
+    wrist = reach.cameras.index("wrist")
+    top, bottom = slice(0, 8), slice(8, 16)  # region rows 0-1 / 2-3 of the 4 x 4 grid
+    assert carry.allocation[wrist, bottom].sum() > reach.allocation[wrist, bottom].sum()
+    assert carry.allocation[wrist, top].sum() < reach.allocation[wrist, top].sum()
+    assert int(carry.allocation.sum()) == 64
+    assert "phase carry" in carry.explain("wrist", 12)
+
+
+def test_phase_can_be_given_or_switched_off(allocator, grounder):
+    obs = {**carrying_scene(), "state": HOLDING}
+    text = "put the red block in the tray"
+    stateless = {k: v for k, v in obs.items() if k != "state"}
+    given = allocator(stateless, text, budget=64, phase="carry")
+    np.testing.assert_array_equal(given.allocation, allocator(obs, text, budget=64).allocation)
+    static = RelevanceAllocator(RelevanceConfig(phase_aware=False), grounder=grounder)(obs, text, budget=64)
+    assert static.phase == "reach"
+    np.testing.assert_array_equal(static.allocation, allocator(stateless, text, budget=64).allocation)
+    with pytest.raises(ConfigError, match="phase must be one of"):
+        allocator(obs, text, budget=64, phase="lift")
