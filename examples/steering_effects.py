@@ -25,16 +25,22 @@ LAYER_GROUPS = {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
 
 def conditions(concepts: Path, calibration: Path, direction: Path, alpha: float, alphas: list[float],
                n_controls: int, strengths: list[float]) -> list[dict]:  # fmt: skip
+    """The sweep, most important first (a sweep runs condition by condition, so a run cut short still
+    holds the main comparison): concepts vs prompts vs residual directions, their random controls,
+    then the alpha sweep and the layer-depth ablation."""
     steer = {"kind": "concept", "concepts": str(concepts), "unit": "calibrated", "calibration": str(calibration),
              "mode": "clamp"}  # fmt: skip
+    main_strength, *other_strengths = sorted(strengths, reverse=True)
     out = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": "quickly"}, {"kind": "prompt", "modifier": "slowly"}]
-    out += [{**steer, "concept": "fast", "alpha": a} for a in alphas]  # alpha sweep
-    out += [{**steer, "concept": name, "alpha": alpha} for name in ("slow", "up")]
-    out += [{**steer, "concept": "fast", "alpha": alpha, "layers": layers} for layers in LAYER_GROUPS.values()]
+    out += [{**steer, "concept": name, "alpha": alpha} for name in ("fast", "slow", "up")]
+    out += [{"kind": "residual", "direction": str(direction), "strength": s, "positions": "text"}
+            for s in (main_strength, -main_strength)]  # fmt: skip
     out += [{**steer, "concept": "fast", "alpha": alpha, "kind": "random_control", "seed": s} for s in range(n_controls)]
     out += [{**steer, "concept": "slow", "alpha": alpha, "kind": "random_control", "seed": s} for s in range(n_controls)]
-    out += [{"kind": "residual", "direction": str(direction), "strength": s, "positions": "text"} for s in strengths]
-    out += [{"kind": "residual", "direction": str(direction), "strength": -s, "positions": "text"} for s in strengths]
+    out += [{**steer, "concept": "fast", "alpha": a} for a in alphas if a != alpha]  # alpha sweep
+    out += [{**steer, "concept": "fast", "alpha": alpha, "layers": layers} for layers in LAYER_GROUPS.values()]
+    out += [{"kind": "residual", "direction": str(direction), "strength": sign * s, "positions": "text"}
+            for s in other_strengths for sign in (1, -1)]  # fmt: skip
     return out
 
 
@@ -51,6 +57,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--workers", type=int)
     p.add_argument("--max-steps", type=int, help="cap on episode length (smoke runs)")
     p.add_argument("--backend", default="local")
+    p.add_argument("--no-video", action="store_true", help="write no mp4 (else one per task and condition, seed 1)")
     args = p.parse_args(argv)
 
     out = Path(args.out)
@@ -63,8 +70,9 @@ def main(argv: list[str] | None = None) -> int:
         write_calibration(policy, calib_path, items)
         write_direction(policy, dir_path, "quickly", "slowly", items=items)
     conds = conditions(concepts_path, calib_path, dir_path, args.alpha, args.alphas, args.controls, args.strengths)
+    frames = None if args.no_video else "agentview"
     results = evaluate(args.policy, args.tasks, conds, args.seeds, out / "eval", workers=args.workers,
-                       backend=args.backend, frames="agentview", video_seeds=1, max_steps=args.max_steps)  # fmt: skip
+                       backend=args.backend, frames=frames, video_seeds=1, max_steps=args.max_steps)  # fmt: skip
     print(results.format(["success", "speed_w", "peak_ee_z"]))
     from arrcoc_steer.atlas import NeuronAtlas
 
