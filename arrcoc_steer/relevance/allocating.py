@@ -95,7 +95,8 @@ class RelevanceResult:
         ways = ", ".join(f"{k[:5]}={v[i, region]:.2f}" for k, v in self.maps.items())
         return (
             f"{camera} region {region}: {self.allocation[i, region]} tokens, relevance {self.relevance[i, region]:.3f}"
-            f" (bias {self.bias[i, region]:+.2f}); dominant {self.dominant[i, region]}; {poles}; {ways}; phase {self.phase}"
+            f" (bias {self.bias[i, region]:+.2f}); dominant {self.dominant[i, region]}; {poles}; {ways};"
+            f" phase {self.phase}"
         )
 
 

@@ -162,7 +162,7 @@ def plot_relevance(result: RelevanceResult, images: np.ndarray, path: str | Path
     handles = [Patch(color=WAY_COLOURS[w], label=w) for w in present]
     fig.legend(handles=handles, loc="lower center", ncol=len(handles), fontsize=9, frameon=False,
                title="dominant way of knowing (opacity: relevance)", title_fontsize=9)  # fmt: skip
-    fig.suptitle(f"{result.instruction!r}  |  budget {result.budget} tokens", fontsize=12)
+    fig.suptitle(f"{result.instruction!r}  |  budget {result.budget} tokens  |  phase {result.phase}", fontsize=12)
     fig.tight_layout(rect=(0, 0.05, 1, 0.95))
     if path is not None:
         fig.savefig(path, dpi=110)
@@ -232,7 +232,7 @@ def episode_frame(images: np.ndarray, result: RelevanceResult, caption: str = ""
     frame[header:] = body
     pil = Image.fromarray(frame)
     draw = ImageDraw.Draw(pil)
-    draw.text((6, 2), caption or f"{result.instruction}  |  B={result.budget}", fill=(0, 0, 0))
+    draw.text((6, 2), caption or f"{result.instruction}  |  B={result.budget}  |  {result.phase}", fill=(0, 0, 0))
     for k, label in enumerate(labels):
         draw.text((k * tiles[0].shape[1] + 6, 16), label, fill=(90, 90, 90))
     return np.asarray(pil)
@@ -245,5 +245,6 @@ def write_episode_video(steps: Iterable[tuple[np.ndarray, RelevanceResult]], pat
     path = Path(path)
     with imageio.get_writer(path, fps=fps, codec="libx264", quality=7, macro_block_size=1) as writer:
         for t, (images, result) in enumerate(steps):
-            writer.append_data(episode_frame(images, result, f"t={t}  {result.instruction}  |  B={result.budget}"))
+            caption = f"t={t}  {result.instruction}  |  B={result.budget}  |  {result.phase}"
+            writer.append_data(episode_frame(images, result, caption))
     return path
