@@ -6,7 +6,8 @@ Writes ``relevance.png`` (every way of knowing, the relevance, the budget, the d
 tensions for the env's own instruction), ``compare.png`` (the same scene under two instructions,
 ``--compare``, by default the red and the blue block, with the IoU of their detailed regions) and
 ``episode.mp4`` (the scripted expert doing the task while the budget follows the instruction and,
-through a gripper steering bias, the hand).
+through a gripper steering bias, the hand) and ``phase.png`` (the episode's last step with the block
+held, as the reaching weights would allocate it and as the carrying ones do: relevance/phase.py).
 """
 
 from __future__ import annotations
@@ -54,17 +55,21 @@ print(f"query sensitivity (IoU of detailed regions, {args.compare[0]!r} vs {args
       f"{query_sensitivity_iou(a.allocation, b.allocation):.2f}")
 
 if args.steps:
-    expert, steps, times = ScriptedExpert(env), [], []
+    expert, steps, times, held = ScriptedExpert(env), [], [], None
     for _ in range(args.steps):
         t = time.perf_counter()
         hand = gripper_pixels(env.unwrapped.camera_matrix, info["ee_pos"], cameras=("agentview",))
         r = allocator(obs, budget=args.budget, steer=[Steer("gripper", 0.3)], gripper_px=hand)
         times.append(time.perf_counter() - t)
         steps.append((np.stack([obs[c] for c in CAMERAS]), r))
+        held = obs if r.phase == "carry" else held
         obs, _, terminated, truncated, info = env.step(expert.act())
         if terminated or truncated:
             break
     write_episode_video(steps, out / "episode.mp4", fps=10)
+    if held is not None:
+        pair = [allocator(held, budget=args.budget, phase=p) for p in ("reach", "carry")]
+        plot_instructions(pair, np.stack([held[c] for c in CAMERAS]), out / "phase.png")
     print(f"episode: {len(steps)} steps, success={info['success']}, relevance {1e3 * np.median(times):.2f} ms/step (median)")
 env.close()
 print(f"wrote {', '.join(sorted(p.name for p in out.iterdir()))} in {out}/")

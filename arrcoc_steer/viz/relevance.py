@@ -169,8 +169,15 @@ def plot_relevance(result: RelevanceResult, images: np.ndarray, path: str | Path
     return fig
 
 
+def _row_label(result: RelevanceResult, results: Sequence[RelevanceResult]) -> str:
+    """The instruction, and the phase when the rows differ in it."""
+    phases = {r.phase for r in results}
+    return f"{result.instruction}" + (f" [{result.phase}]" if len(phases) > 1 else "")
+
+
 def plot_instructions(results: Sequence[RelevanceResult], images: np.ndarray, path: str | Path | None = None):
-    """One observation under several instructions: participatory map, budget and dominance per camera."""
+    """One observation under several instructions (or phases of one): participatory map, budget and
+    dominance per camera, a row per result."""
     import matplotlib
 
     matplotlib.use("Agg", force=False)
@@ -198,14 +205,17 @@ def plot_instructions(results: Sequence[RelevanceResult], images: np.ndarray, pa
             ax.set_yticks([])
             if r == 0:
                 ax.set_title(f"{cam}: {kind}", fontsize=9)
-        axes[r, 0].set_ylabel(f"{res.instruction}", fontsize=8, wrap=True)
+        axes[r, 0].set_ylabel(_row_label(res, results), fontsize=8, wrap=True)
     from matplotlib.patches import Patch
 
     present = [w for w in LABELS if any(w in set(np.unique(r.dominant)) for r in results)]
     handles = [Patch(color=WAY_COLOURS[w], label=w) for w in present]
     fig.legend(handles=handles, loc="lower center", ncol=len(present), fontsize=8, frameon=False,
                title="dominant way of knowing", title_fontsize=8)  # fmt: skip
-    title = " vs ".join(repr(r.instruction) for r in results)
+    if len({r.instruction for r in results}) == 1:
+        title = f"{results[0].instruction!r}: " + " vs ".join(f"{r.phase} phase" for r in results)
+    else:
+        title = " vs ".join(repr(r.instruction) for r in results)
     if len(results) == 2:
         iou = query_sensitivity_iou(results[0].allocation, results[1].allocation)
         title += f"\nIoU of detailed regions {iou:.2f} (budget {results[0].budget})"

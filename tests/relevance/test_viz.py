@@ -36,7 +36,12 @@ def test_figures_are_written(allocator, four_blocks, tmp_path):
     plot_relevance(red, four_blocks, tmp_path / "one.png")
     fig = plot_instructions([red, blue], four_blocks, tmp_path / "two.png")
     assert "IoU of detailed regions" in fig._suptitle.get_text()
-    for name in ("one.png", "two.png"):
+    obs = {"agentview": four_blocks[0], "wrist": four_blocks[1]}
+    reach, carry = (allocator(obs, "put the red block in the tray", budget=100, phase=p) for p in ("reach", "carry"))
+    fig = plot_instructions([reach, carry], four_blocks, tmp_path / "phases.png")
+    assert fig._suptitle.get_text().startswith("'put the red block in the tray': reach phase vs carry phase")
+    assert fig.axes[0].get_ylabel().endswith("[reach]")
+    for name in ("one.png", "two.png", "phases.png"):
         data = (tmp_path / name).read_bytes()
         assert data.startswith(PNG) and len(data) > 20_000
 
@@ -67,8 +72,9 @@ def test_episode_video_has_one_frame_per_step(allocator, four_blocks, tmp_path):
 def test_example_script_runs(tmp_path):
     pytest.importorskip("envs")
     script = Path(__file__).resolve().parents[2] / "examples" / "relevance_maps.py"
-    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--steps", "3"],
+    done = subprocess.run([sys.executable, str(script), "--out", str(tmp_path), "--steps", "40"],
                           capture_output=True, text=True, timeout=300, cwd=script.parents[1])  # fmt: skip
     assert done.returncode == 0, done.stderr[-2000:]
-    assert {p.name for p in tmp_path.iterdir()} == {"relevance.png", "compare.png", "episode.mp4"}
+    # by step 40 the expert holds the block: phase.png compares the reaching and carrying allocations
+    assert {p.name for p in tmp_path.iterdir()} == {"relevance.png", "compare.png", "episode.mp4", "phase.png"}
     assert "query sensitivity" in done.stdout
