@@ -61,6 +61,8 @@ class RelevanceConfig:
             raise ConfigError(f"RelevanceConfig.camera_weights must be finite, >= 0, not all 0: {self.camera_weights}")
         if len(self.floors) != 3 or not all(f > 0 for f in self.floors):
             raise ConfigError(f"RelevanceConfig.floors must be three positive numbers, got {self.floors}")
+        if not isinstance(self.phase_aware, bool):
+            raise ConfigError(f"RelevanceConfig.phase_aware must be True or False, got {self.phase_aware!r}")
 
 
 @dataclass(frozen=True, eq=False)

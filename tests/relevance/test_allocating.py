@@ -177,6 +177,8 @@ def test_bad_observations_and_configs_are_errors(allocator):
         allocator(pair(scene()).astype(np.float32), "lift")
     with pytest.raises(ConfigError, match="camera_weights"):
         RelevanceConfig(camera_weights=(0.0, 0.0))
+    with pytest.raises(ConfigError, match="phase_aware must be True or False"):
+        RelevanceConfig(phase_aware="no")
 
 
 def test_camera_weights_shift_budget_between_cameras(allocator):
