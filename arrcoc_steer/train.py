@@ -536,12 +536,6 @@ def run_split(model: MiniVLA, data: FrameDataset, holdout_frac: float | None = N
     return holdout_split(data, holdout_frac, seed)
 
 
-def held_out_rows(model: MiniVLA, data: FrameDataset, holdout_frac: float | None = None,
-                  seed: int | None = None) -> np.ndarray:  # fmt: skip
-    """The frames of ``data`` that ``model``'s last training run held out (see :func:`run_split`)."""
-    return run_split(model, data, holdout_frac, seed)[1]
-
-
 def train(cfg: TrainConfig) -> Path:
     """Train MiniVLA as configured; returns the directory of the saved model."""
     return Trainer(cfg).run()

@@ -54,12 +54,12 @@ def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None
               write: bool = True, progress: bool = True, device: str = "auto") -> dict:  # fmt: skip
     """Calibrate on the training run's held-out episodes (its holdout_frac and seed, from the config's
     provenance, unless given) and, with ``write``, store the threshold in ``model_dir/config.json``."""
-    from ..train import held_out_rows, pick_device
+    from ..train import pick_device, run_split
 
     model_dir = Path(model_dir)
     model = MiniVLA.from_pretrained(model_dir, pick_device(device))
     frames = FrameDataset(data)
-    held = held_out_rows(model, frames, holdout_frac, seed)
+    held = run_split(model, frames, holdout_frac, seed)[1]
     result = best_threshold(*release_scores(model, frames, held, progress=progress))
     if write:
         cfg = json.loads((model_dir / CONFIG_NAME).read_text())
