@@ -33,6 +33,7 @@ _EXPORTS = {
     "Steerer": "arrcoc_steer.steering",
     "calibrate": "arrcoc_steer.steering",
     "random_control": "arrcoc_steer.steering",
+    "random_direction": "arrcoc_steer.steering",
     "AlphaController": "arrcoc_steer.control",
     # spend visual tokens: ARR-COC
     "RelevanceAllocator": "arrcoc_steer.relevance",

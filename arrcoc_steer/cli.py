@@ -8,7 +8,7 @@
     arrcoc-steer direction quickly slowly  a contrastive residual direction
     arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
     arrcoc-steer sweep sweep.yaml          the same, from a YAML file
-    arrcoc-steer report runs/eval          the HTML report of a run
+    arrcoc-steer report runs/eval          the HTML report of a run (--markdown: its effects table)
     arrcoc-steer demo                      the whole loop on the shipped policy
 
 Run ``arrcoc-steer <verb> --help`` for every flag.
@@ -186,6 +186,10 @@ def _setup_direction(p: argparse.ArgumentParser) -> None:
     p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
     p.add_argument("--layers", type=int, nargs="+", help="layers to take the direction at (default: all)")
     p.add_argument("--positions", choices=("all", "text", "image", "action"), default="all", help="token positions averaged")
+    p.add_argument("--top-layers", type=int, metavar="K",
+                   help="keep the K layers where the contrast is largest (where the modifier reaches the positions)")
+    p.add_argument("--raw", action="store_true",
+                   help="keep the mean difference's own norm (strength 1 = the contrast itself) instead of unit vectors")
     p.add_argument("--out", default="direction.safetensors", help="file to write (default: %(default)s)")
 
 
@@ -195,8 +199,11 @@ def cmd_direction(args: argparse.Namespace) -> int:
     from .policy_steering import write_direction
 
     path = write_direction(load_policy(args.policy), args.out, args.positive, args.negative, layers=args.layers,
-                           positions=args.positions)  # fmt: skip
-    print(f"wrote {path}")
+                           positions=args.positions, normalize=not args.raw, top_layers=args.top_layers)  # fmt: skip
+    from .steering import ResidualDirection
+
+    norms = ", ".join(f"{l}: {float(v.norm()):.3g}" for l, v in ResidualDirection.load(path).vectors.items())
+    print(f"wrote {path} (layer: norm {norms})")
     return 0
 
 
@@ -306,10 +313,19 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("run", help="a run folder written by `arrcoc-steer eval` or `sweep`")
     p.add_argument("--out", help="HTML file to write (default: <run>/report.html)")
     p.add_argument("--title", default="arrcoc_steer run report", help="page title")
+    p.add_argument("--markdown", action="store_true",
+                   help="print the run's effects table as Markdown (for a README or an issue) instead")
+    p.add_argument("--metrics", nargs="+", default=["speed_w", "peak_ee_z"], help="metrics of the Markdown table")
 
 
 @command("report", "write the self-contained HTML report of a run folder", _setup_report)
 def cmd_report(args: argparse.Namespace) -> int:
+    if args.markdown:
+        from .eval.sweep import RunFolder, aggregate
+
+        manifest = RunFolder(args.run).read_manifest() or {}
+        print(aggregate(args.run, window=manifest.get("window", "min")).markdown(args.metrics))
+        return 0
     from .viz.report import ReportExtras, write_report
 
     print(write_report(args.run, args.out, ReportExtras(title=args.title)))

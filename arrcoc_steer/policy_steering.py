@@ -13,6 +13,7 @@ they are measured on. This module makes it from scripted-expert rollouts in ``en
 from __future__ import annotations
 
 from collections.abc import Sequence
+from dataclasses import replace
 from pathlib import Path
 
 from .errors import ConfigError
@@ -80,8 +81,14 @@ def write_concepts(policy, path: str | Path, specs: dict | None = None, *, atlas
 
 def write_direction(policy, path: str | Path, positive: str = "quickly", negative: str = "slowly", *,
                     layers: Sequence[int] | None = None, items: list[dict] | None = None, budget: int = 64,
-                    positions: str = "all", name: str | None = None) -> Path:  # fmt: skip
-    """Mean residual on "<instruction> <positive>" minus "<instruction> <negative>", same observations."""
+                    positions: str = "all", normalize: bool = True, top_layers: int | None = None,
+                    name: str | None = None) -> Path:  # fmt: skip
+    """Mean residual on "<instruction> <positive>" minus "<instruction> <negative>", same observations.
+
+    ``normalize`` makes each layer's vector unit length (strength in residual-norm units; otherwise
+    strength 1 adds the mean difference itself); ``top_layers=k`` keeps the k layers where the
+    difference is largest (:meth:`~arrcoc_steer.steering.ResidualDirection.top_layers`).
+    """
     from .steering import ResidualDirection
 
     if positive == negative:
@@ -92,7 +99,11 @@ def write_direction(policy, path: str | Path, positive: str = "quickly", negativ
     pos = [{**it, "instruction": f"{it['instruction']} {positive}"} for it in items]
     neg = [{**it, "instruction": f"{it['instruction']} {negative}"} for it in items]
     direction = ResidualDirection.from_contrast(policy, pos, neg, layers, positions=positions, run=runner(budget),
-                                                normalize=True, name=name or f"{positive}-{negative}")  # fmt: skip
+                                                normalize=False, name=name or f"{positive}-{negative}")  # fmt: skip
+    if top_layers is not None:
+        direction = direction.top_layers(top_layers)
+    if normalize:
+        direction = replace(direction, vectors={l: v / v.norm().clamp_min(1e-12) for l, v in direction.vectors.items()})
     path = Path(path)
     direction.save(path)
     return path

@@ -147,6 +147,17 @@ class ResidualDirection:
     def with_strength(self, strength: float) -> ResidualDirection:
         return replace(self, strength=strength)
 
+    def top_layers(self, k: int = 1) -> ResidualDirection:
+        """Keep the ``k`` layers where the contrast is largest: where the prompts' difference has
+        reached the chosen positions. (In MiniVLA a modifier reaches the action queries only in the
+        last layer: their contrast norm is 0.04-0.07 in layers 0-4 and 3.7 in layer 5.)"""
+        if isinstance(k, bool) or not isinstance(k, int) or not 1 <= k <= len(self.vectors):
+            raise ConfigError(f"top_layers: k must be an int in 1..{len(self.vectors)} (the direction's "
+                              f"layers {list(self.layers)}), got {k!r}")
+        norms = {l: float(v.norm()) for l, v in self.vectors.items()}
+        keep = sorted(norms, key=lambda l: (-norms[l], l))[:k]
+        return replace(self, vectors={l: self.vectors[l] for l in keep})
+
     @classmethod
     @torch.no_grad()
     def from_contrast(cls, model: nn.Module, positive: Sequence, negative: Sequence,
@@ -288,6 +299,25 @@ def random_control(target: ConceptSet | Intervention, rng: int | np.random.Gener
     if isinstance(target, Intervention):
         return replace(target, neurons=tuple(neurons), name=name)
     return ConceptSet(name=name, neurons=tuple(neurons), model=target.model)
+
+
+def random_direction(target: ResidualDirection, rng: int | np.random.Generator = 0) -> ResidualDirection:
+    """A matched random control for a residual direction: per layer, a uniformly random direction
+    of the same norm; layers, strength and positions are kept. The draw is sign-symmetric, so one
+    set of controls serves ``strength`` and ``-strength`` alike.
+
+    >>> d = ResidualDirection({5: torch.ones(4)}, strength=2.0, positions="action")
+    >>> r = random_direction(d, rng=0)
+    >>> r.layers, r.strength, r.positions, round(float(r.vectors[5].norm()), 3)
+    ((5,), 2.0, 'action', 2.0)
+    """
+    rng = np.random.default_rng(rng)
+    vectors = {}
+    for layer in target.layers:
+        v = target.vectors[layer]
+        draw = torch.as_tensor(rng.standard_normal(v.numel()), dtype=torch.float32)
+        vectors[layer] = (draw / draw.norm() * v.float().norm()).to(v.dtype)
+    return replace(target, vectors=vectors, name=f"{target.name or 'direction'}~random")
 
 
 # ---------------------------------------------------------------------------------- Steerer

@@ -1,47 +1,55 @@
 """Measured effects of steering the default policy: concepts vs random controls vs prompting vs
-residual directions, an alpha sweep and a layer-depth ablation, in one resumable sweep.
+residual directions, a strength sweep and a layer-depth ablation, in three resumable sweeps.
 
-    python examples/steering_effects.py --out runs/steering --seeds 13
+    python examples/steering_effects.py --out runs/steering --seeds 13 --control-seeds 3
 
 Steps: the policy's atlas -> "fast" / "slow" / "up" concepts (keywords + embedding neighbours) ->
-per-neuron calibration on expert observations -> a contrastive "quickly" - "slowly" residual direction
--> one sweep on fresh seeds (every condition sees the same tasks and seeds) -> results.json / .csv and
-an HTML report. Interrupt it at any time; rerunning resumes.
+per-neuron calibration on expert observations -> the contrastive "quickly" - "slowly" residual
+direction at the action queries, kept in the layer where it is largest (where the modifier reaches
+them: the last one in MiniVLA) -> three sweeps on fresh seeds, every condition on the same tasks and
+seeds: ``eval`` (the main table), ``controls`` (matched random neurons / random directions, on the
+first ``--control-seeds`` seeds, with their own unsteered twins), ``sweeps`` (alpha, strength and
+layer ablations) -> results.json / .csv and an HTML report each. Interrupt at any time; rerunning resumes.
 """
 
 from __future__ import annotations
 
 import argparse
+from dataclasses import replace
 from pathlib import Path
 
-from arrcoc_steer.eval import evaluate
+from arrcoc_steer.eval import Concept, Residual, evaluate, random_controls
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, load_policy
 from arrcoc_steer.policy_steering import observations, write_calibration, write_concepts, write_direction
+from arrcoc_steer.steering import ResidualDirection
 from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
 TASKS = ["LiftRedBlock", "PickRedBlockIntoTray", "PickLeftBlockIntoTray", "PutRedBlockOnPlate"]
 LAYER_GROUPS = {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
 
 
-def conditions(concepts: Path, calibration: Path, direction: Path, alpha: float, alphas: list[float],
-               n_controls: int, strengths: list[float]) -> list[dict]:  # fmt: skip
-    """The sweep, most important first (a sweep runs condition by condition, so a run cut short still
-    holds the main comparison): concepts vs prompts vs residual directions, their random controls,
-    then the alpha sweep and the layer-depth ablation."""
-    steer = {"kind": "concept", "concepts": str(concepts), "unit": "calibrated", "calibration": str(calibration),
-             "mode": "clamp"}  # fmt: skip
+def sweeps(concepts: Path, reach_concepts: Path, reach: list[int], calibration: Path, direction: Path,
+           alpha: float, alphas: list[float], n_controls: int, strengths: list[float]) -> dict[str, list]:  # fmt: skip
+    """The three sweeps' conditions, most important first within each (a sweep runs condition by
+    condition, so one cut short still holds its first rows). ``reach``: the layers where the
+    modifier reaches the action queries; ``reach_concepts`` were found in those layers only."""
+    neurons = dict(concepts=str(concepts), unit="calibrated", calibration=str(calibration), mode="clamp", alpha=alpha)
+    at_reach = {name: Concept(**{**neurons, "concepts": str(reach_concepts)}, concept=name, positions="action",
+                              layers=reach) for name in ("fast", "slow", "up")}  # fmt: skip
     main_strength, *other_strengths = sorted(strengths, reverse=True)
-    out = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": "quickly"}, {"kind": "prompt", "modifier": "slowly"}]
-    out += [{**steer, "concept": name, "alpha": alpha} for name in ("fast", "slow", "up")]
-    out += [{"kind": "residual", "direction": str(direction), "strength": s, "positions": "text"}
-            for s in (main_strength, -main_strength)]  # fmt: skip
-    out += [{**steer, "concept": "fast", "alpha": alpha, "kind": "random_control", "seed": s} for s in range(n_controls)]
-    out += [{**steer, "concept": "slow", "alpha": alpha, "kind": "random_control", "seed": s} for s in range(n_controls)]
-    out += [{**steer, "concept": "fast", "alpha": a} for a in alphas if a != alpha]  # alpha sweep
-    out += [{**steer, "concept": "fast", "alpha": alpha, "layers": layers} for layers in LAYER_GROUPS.values()]
-    out += [{"kind": "residual", "direction": str(direction), "strength": sign * s, "positions": "text"}
-            for s in other_strengths for sign in (1, -1)]  # fmt: skip
-    return out
+    residual = {s: Residual(direction=str(direction), strength=s, positions="action") for s in (main_strength, -main_strength)}
+    prompts = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": "quickly"}, {"kind": "prompt", "modifier": "slowly"}]
+    main = [*prompts, *residual.values(), *at_reach.values(),
+            *(Concept(**neurons, concept=name) for name in ("fast", "slow", "up"))]  # the paper's rule: all layers
+    controls = [{"kind": "unsteered"}, *residual.values(), at_reach["fast"], at_reach["slow"],
+                *random_controls(residual[main_strength], n_controls),
+                *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
+    ablations = [{"kind": "unsteered"},
+                 *(Residual(direction=str(direction), strength=sign * s, positions="action")
+                   for s in other_strengths for sign in (1, -1)),
+                 *(Concept(**{**neurons, "alpha": a}, concept="fast") for a in alphas if a != alpha),
+                 *(Concept(**neurons, concept="fast", layers=layers) for layers in LAYER_GROUPS.values())]  # fmt: skip
+    return {"eval": main, "controls": controls, "sweeps": ablations}
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -53,7 +61,10 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=4.0, help="calibrated clamp strength of the main comparison")
     p.add_argument("--alphas", type=float, nargs="+", default=[2, 4, 6, 8, 10, 20], help="alpha sweep")
     p.add_argument("--controls", type=int, default=20, help="random-neuron controls per concept")
-    p.add_argument("--strengths", type=float, nargs="+", default=[4.0, 8.0], help="residual direction strengths (unit vectors; residual norm units)")
+    p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 1.0, 3.0],
+                   help="residual strengths, in multiples of the mean contrast (the largest is the main comparison)")
+    p.add_argument("--control-seeds", type=int, default=3, help="seeds per task of the random-control sweep")
+    p.add_argument("--parts", nargs="+", choices=["eval", "controls", "sweeps"], default=["eval", "controls", "sweeps"])
     p.add_argument("--workers", type=int)
     p.add_argument("--max-steps", type=int, help="cap on episode length (smoke runs)")
     p.add_argument("--backend", default="local")
@@ -68,12 +79,22 @@ def main(argv: list[str] | None = None) -> int:
     if not calib_path.exists() or not dir_path.exists():
         items = observations(args.tasks, per_task=12)
         write_calibration(policy, calib_path, items)
-        write_direction(policy, dir_path, "quickly", "slowly", items=items)
-    conds = conditions(concepts_path, calib_path, dir_path, args.alpha, args.alphas, args.controls, args.strengths)
+        write_direction(policy, dir_path, "quickly", "slowly", items=items, positions="action", normalize=False,
+                        top_layers=1)  # fmt: skip
+    reach = list(ResidualDirection.load(dir_path).layers)  # where "quickly" / "slowly" reach the action queries
+    found += [replace(c, name=f"{c.name} (layers {reach})")
+              for c in write_concepts(policy, out / "concepts_reach.yaml", cache=out / "cache", layers=reach)]
+    plan = sweeps(concepts_path, out / "concepts_reach.yaml", reach, calib_path, dir_path, args.alpha, args.alphas,
+                  args.controls, args.strengths)  # fmt: skip
     frames = None if args.no_video else "agentview"
-    results = evaluate(args.policy, args.tasks, conds, args.seeds, out / "eval", workers=args.workers,
-                       backend=args.backend, frames=frames, video_seeds=1, max_steps=args.max_steps)  # fmt: skip
-    print(results.format(["success", "speed_w", "peak_ee_z"]))
+    folders = []
+    for part in args.parts:
+        seeds = args.control_seeds if part == "controls" else args.seeds
+        results = evaluate(args.policy, args.tasks, plan[part], seeds, out / part, workers=args.workers,
+                           backend=args.backend, frames=frames if part == "eval" else None, video_seeds=1,
+                           max_steps=args.max_steps)  # fmt: skip
+        print(results.format(["success", "speed_w", "peak_ee_z"]))
+        folders.append(out / part)
     from arrcoc_steer.atlas import NeuronAtlas
 
     atlas = NeuronAtlas.build(policy, cache=out / "cache", progress=False)
@@ -82,7 +103,8 @@ def main(argv: list[str] | None = None) -> int:
         concepts=[ConceptNeurons(c.name, c.keywords, [(l, n, atlas.tokens(l, n, k=6)) for l, n in c.neurons])
                   for c in found],  # fmt: skip
     )
-    print(write_report(out / "eval", out / "report.html", extras))
+    for folder in folders:
+        print(write_report(folder, folder.with_suffix(".html"), extras))
     return 0
 
 

@@ -34,10 +34,18 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
     out = run("steering_effects.py", "--policy", str(untrained_policy), "--out", str(tmp_path), "--tasks", "LiftRedBlock",
               "--seeds", "1", "--alphas", "4", "--controls", "1", "--strengths", "4", "--workers", "1", "--max-steps", "3")  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("concepts.yaml", "calibration.safetensors", "direction.safetensors", "report.html", "eval/results.json"):
+    for name in ("concepts.yaml", "concepts_reach.yaml", "calibration.safetensors", "direction.safetensors",
+                 "eval.html", "controls.html", "sweeps.html", "eval/results.json", "controls/results.json"):
         assert (tmp_path / name).is_file(), name
-    conditions = (tmp_path / "eval" / "results.csv").read_text()
-    assert "random_fast_clamp4cal_s0" in conditions and "residual_direction_4" in conditions
+    from arrcoc_steer.steering import ResidualDirection
+
+    reach = ResidualDirection.load(tmp_path / "direction.safetensors").layers
+    assert len(reach) == 1  # the one layer where "quickly" - "slowly" is largest at the action queries
+    main = (tmp_path / "eval" / "results.csv").read_text()
+    assert "residual_direction_4_action" in main and "residual_direction_-4_action" in main
+    assert f"concept_fast_clamp4cal_action_L{reach[0]}" in main and "concept_fast_clamp4cal," in main
+    controls = (tmp_path / "controls" / "results.csv").read_text()
+    assert "random_residual_direction_4_action_s0" in controls and f"random_slow_clamp4cal_action_L{reach[0]}_s0" in controls
 
 
 def test_closed_loop_vs_fixed_example_prints_the_comparison(tmp_path):

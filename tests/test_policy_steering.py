@@ -35,6 +35,13 @@ def test_contrast_direction_differs_only_by_the_modifier(policy, items, tmp_path
     d = ResidualDirection.load(path)
     assert sorted(d.vectors) == [2, 4]
     assert all(torch.isclose(v.norm(), torch.tensor(1.0), atol=1e-4) for v in d.vectors.values())
+    raw = ResidualDirection.load(write_direction(policy, tmp_path / "r.safetensors", "quickly", "slowly",
+                                                 items=items, positions="action", normalize=False))
+    top = ResidualDirection.load(write_direction(policy, tmp_path / "t.safetensors", "quickly", "slowly",
+                                                 items=items, positions="action", normalize=False, top_layers=2))
+    norms = {l: float(v.norm()) for l, v in raw.vectors.items()}
+    assert sorted(top.vectors) == sorted(sorted(norms, key=norms.get)[-2:])  # the two largest, kept raw
+    assert all(torch.equal(top.vectors[l], raw.vectors[l]) for l in top.vectors)
     with pytest.raises(ConfigError, match="differ"):
         write_direction(policy, tmp_path / "e.safetensors", "quickly", "quickly", items=items)
 

@@ -11,7 +11,7 @@ from arrcoc_steer.errors import ConfigError, SteeringError
 from arrcoc_steer.models import Adapter
 from arrcoc_steer.models.tiny import IMAGE_TOKEN, TINY_ARCHS, example_inputs, tiny_model
 from arrcoc_steer.steering import (Calibration, Intervention, ResidualDirection, Steerer, calibrate,
-                                   random_control, steer)
+                                   random_control, random_direction, steer)
 
 BACKENDS = ["hooks", "nnsight"]
 
@@ -267,6 +267,34 @@ def test_residual_direction_from_contrast_is_the_mean_difference(tmp_path):
     assert not torch.allclose(base, steered) and s.counts == {"contrast": 16}
     with pytest.raises(SteeringError, match="channels"):
         Steerer(model, ResidualDirection({0: torch.ones(5)}))
+
+
+def test_top_layers_keeps_where_the_contrast_is_largest():
+    d = ResidualDirection({0: torch.ones(4) * 0.1, 3: torch.ones(4) * 2.0, 5: torch.ones(4)}, strength=2.0,
+                          positions="action", name="qs")
+    top = d.top_layers(2)
+    assert top.layers == (3, 5) and (top.strength, top.positions, top.name) == (2.0, "action", "qs")
+    assert d.top_layers(1).layers == (3,)
+    for k in (0, 4, 1.5, True):
+        with pytest.raises(ConfigError, match=r"k must be an int in 1\.\.3"):
+            d.top_layers(k)
+
+
+def test_random_direction_matches_norm_layers_and_strength_only():
+    d = ResidualDirection({2: torch.arange(8.0), 5: torch.ones(8) * 3}, strength=-2.0, positions="action", name="qs")
+    a, b = random_direction(d, rng=3), random_direction(d, rng=3)
+    assert a.layers == (2, 5) and (a.strength, a.positions, a.name) == (-2.0, "action", "qs~random")
+    for layer in (2, 5):
+        torch.testing.assert_close(a.vectors[layer].norm(), d.vectors[layer].norm())
+        torch.testing.assert_close(a.vectors[layer], b.vectors[layer])  # seeded
+        assert abs(torch.nn.functional.cosine_similarity(a.vectors[layer], d.vectors[layer], 0)) < 0.9
+    assert not torch.equal(a.vectors[5], random_direction(d, rng=4).vectors[5])
+    model = tiny_model("llama")  # a control is steerable like the direction it matches
+    x = example_inputs(model)
+    control = random_direction(ResidualDirection({1: torch.ones(Adapter(model).spec.d_model)}), rng=0)
+    with torch.no_grad(), Steerer(model, control) as s:
+        model(**x)
+    assert s.counts == {"direction~random": 8}
 
 
 def test_steer_shorthand_clamps_a_concept():

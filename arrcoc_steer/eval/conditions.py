@@ -13,6 +13,7 @@ kind               what it does
 ``concept``        clamps / adds / scales the neurons of named concepts at every forward call
 ``random_control`` the same, on random neurons matched in number per layer (seeded)
 ``residual``       adds a contrastive residual direction times ``strength``
+``random_direction`` the same, along random directions of matched norm (seeded)
 ``closed_loop``    sets the strength of a concept / residual steer (or the policy's own knob)
                    at every step to hold a behaviour target (:mod:`arrcoc_steer.control`)
 ``budget``         a visual token budget spent by an allocator: relevance / uniform / random /
@@ -395,7 +396,12 @@ class Residual(Condition):
 
     def default_name(self) -> str:
         layers = f"_L{'.'.join(map(str, self.layers))}" if self.layers else ""
-        return f"residual_{Path(self.direction).stem}_{self.strength:g}{layers}"
+        positions = f"_{self.positions}" if self.positions != "all" else ""
+        return f"residual_{Path(self.direction).stem}_{self.strength:g}{positions}{layers}"
+
+    def steer_fields(self) -> dict[str, Any]:
+        """Everything that defines the steer (a matched random direction shares it, up to sign)."""
+        return {f.name: getattr(self, f.name) for f in fields(Residual) if f.name != "name"}
 
     def files(self) -> dict[str, str]:
         return {"direction": self.direction}
@@ -417,6 +423,42 @@ class Residual(Condition):
 
     def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
         return _SteerRuntime(steerable_model(policy), self.interventions(policy, resources), None)
+
+
+@dataclass(frozen=True, kw_only=True)
+class RandomDirection(Residual):
+    """A :class:`Residual` steer along a random direction of the same norm per layer (seeded).
+
+    Layers, strength and positions are kept, so the control differs from the real steer only in
+    its direction. A random direction is sign-symmetric: controls at ``strength`` match the steer
+    at ``strength`` and at ``-strength``.
+    """
+
+    kind: ClassVar[str] = "random_direction"
+    seed: int = 0
+
+    def _validate(self) -> None:
+        super()._validate()
+        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
+            raise ConfigError(f"RandomDirection.seed must be an int >= 0, got {self.seed!r}")
+
+    def default_name(self) -> str:
+        return f"random_{super().default_name()}_s{self.seed}"
+
+    def steer_fields(self) -> dict[str, Any]:
+        fields_ = {f.name: getattr(self, f.name) for f in fields(Residual) if f.name != "name"}
+        return {**fields_, "strength": abs(fields_["strength"])}
+
+    def matches(self, residual: Condition) -> bool:
+        """Whether this control is matched to ``residual`` (same steer up to sign, other direction)."""
+        if type(residual) is not Residual:
+            return False
+        return {**residual.steer_fields(), "strength": abs(residual.strength)} == self.steer_fields()
+
+    def interventions(self, policy, resources, alpha=None) -> list:
+        from ..steering import random_direction
+
+        return [random_direction(d, self.seed) for d in super().interventions(policy, resources, alpha)]
 
 
 class _SteerRuntime(Runtime):
@@ -644,7 +686,7 @@ class _BudgetRuntime(Runtime):
 
 # ---------------------------------------------------------------------------- construction
 KINDS: dict[str, type[Condition]] = {
-    c.kind: c for c in (Unsteered, Prompt, Concept, RandomControl, Residual, ClosedLoop, Budget)
+    c.kind: c for c in (Unsteered, Prompt, Concept, RandomControl, Residual, RandomDirection, ClosedLoop, Budget)
 }
 
 
@@ -710,10 +752,15 @@ def alpha_grid(concept: Concept, alphas: Iterable[float]) -> list[Concept]:
     return [replace(concept, alpha=float(a), name="") for a in alphas]
 
 
-def random_controls(concept: Concept, n: int = 20, first_seed: int = 0) -> list[RandomControl]:
-    """``n`` random-neuron controls matched to ``concept`` (seeds ``first_seed ..``); >= 20 for a percentile."""
-    base = {k: v for k, v in concept.steer_fields().items()}
-    return [RandomControl(**base, seed=first_seed + i) for i in range(n)]
+def random_controls(steer: Concept | Residual, n: int = 20, first_seed: int = 0) -> list[RandomControl | RandomDirection]:
+    """``n`` matched random controls (seeds ``first_seed ..``; >= 20 for a percentile): random neurons
+    for a :class:`Concept`, random directions of the same norm for a :class:`Residual`."""
+    if type(steer) is Residual:
+        base = {**steer.steer_fields(), "strength": abs(steer.strength)}
+        return [RandomDirection(**base, seed=first_seed + i) for i in range(n)]
+    if type(steer) is not Concept:
+        raise ConfigError(f"random_controls takes a Concept or Residual condition, got {type(steer).__name__}")
+    return [RandomControl(**steer.steer_fields(), seed=first_seed + i) for i in range(n)]
 
 
 def _concept_set(library: Mapping, name: str, path: str):

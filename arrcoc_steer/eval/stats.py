@@ -218,16 +218,17 @@ def summarize(rows: Iterable[Mapping], metrics: Sequence[str], *, baseline: str 
 
 
 def control_summary(summary: Mapping, conditions: Sequence, metrics: Sequence[str]) -> dict:
-    """For each concept condition with matched random controls in the sweep: per metric, the
-    percentile of its effect (``pct_change`` over all tasks) among the controls' effects."""
-    from .conditions import Concept, RandomControl
+    """For each concept or residual condition with matched random controls in the sweep (random
+    neurons, random directions): per metric, the percentile of its effect (``pct_change`` over all
+    tasks) among the controls' effects."""
+    from .conditions import Concept, RandomControl, RandomDirection, Residual
 
     out = {}
     for concept in conditions:
-        if type(concept) is not Concept or concept.name not in summary:
+        if type(concept) not in (Concept, Residual) or concept.name not in summary:
             continue
-        controls = [c.name for c in conditions if isinstance(c, RandomControl) and c.matches(concept)
-                    and c.name in summary]  # fmt: skip
+        controls = [c.name for c in conditions if isinstance(c, (RandomControl, RandomDirection))
+                    and c.matches(concept) and c.name in summary]  # fmt: skip
         if not controls:
             continue
 

@@ -296,6 +296,39 @@ class SweepResults:
             lines.append(f"{name:34s}" + "".join(cells))
         return "\n".join(lines)
 
+    def markdown(self, metrics: Sequence[str] = ("speed_w", "peak_ee_z")) -> str:
+        """A Markdown table for a README or an issue: per condition, each metric's % change vs the
+        baseline (paired Wilcoxon p, Cohen's d_z), success as k/n, and where a steer has matched
+        random controls, its percentile among them; the controls themselves collapse into one row
+        per steer (median and range of their effects)."""
+        controlled = {c for entry in self.controls.values() for c in entry["controls"]}
+        head = ["condition", *(f"{m} vs baseline (p, d)" for m in metrics), "success", "vs random controls"]
+        lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
+
+        def change(name: str, m: str) -> str:
+            t = self.summary[name]["tasks"]["all"][m].get("vs_baseline")
+            if not t or t["pct_change"] != t["pct_change"]:
+                return f"{self.mean(name, m):.3g}"
+            return f"{t['pct_change']:+.1f}% ({t['wilcoxon_p']:.1g}, {t['cohens_dz']:+.2f})"
+
+        for name in self.summary:
+            if name in controlled:
+                continue
+            ok = self.summary[name]["tasks"]["all"]["success"]
+            pct = self.controls.get(name, {}).get(metrics[0]) if metrics else None
+            versus = f"{pct['percentile']:.1f}th pct of {pct['n_controls']}" if pct else ""
+            cells = [name, *(change(name, m) for m in metrics), f"{round(ok['mean'] * ok['n'])}/{ok['n']}", versus]
+            lines.append("| " + " | ".join(cells) + " |")
+            if pct:
+                effects = [self.effect(c, m)["pct_change"] for c in self.controls[name]["controls"] for m in metrics[:1]]
+                ctl = [c for c in self.controls[name]["controls"]]
+                wins = [self.summary[c]["tasks"]["all"]["success"] for c in ctl]
+                cells = [f"{len(ctl)} matched random controls", f"median {np.median(effects):+.1f}% "
+                         f"({min(effects):+.1f} .. {max(effects):+.1f})", *[""] * (len(metrics) - 1),
+                         f"{min(round(w['mean'] * w['n']) for w in wins)} .. {max(round(w['mean'] * w['n']) for w in wins)}", ""]  # fmt: skip
+                lines.append("| " + " | ".join(cells) + " |")
+        return "\n".join(lines)
+
 
 def _row(doc: dict) -> dict:
     row = {k: doc[k] for k in ("task", "condition", "seed", "status", "attempts", "instruction", "error")}

@@ -18,7 +18,7 @@ matplotlib.use("Agg")
 import matplotlib.pyplot as plt  # noqa: E402
 import numpy as np  # noqa: E402
 
-CONTROL_KIND = "random_control"
+CONTROL_KINDS = ("random_control", "random_direction")
 
 
 @dataclass
@@ -70,11 +70,12 @@ def _figure(width: float = 6.4, height: float = 3.6):
 
 def speed_over_time(run: Run, max_lines: int = 8):
     """Mean end-effector speed at each control step, per condition (random controls as one band)."""
-    names = [n for n in run.conditions if run.conditions[n]["kind"] != CONTROL_KIND][:max_lines]
+    names = [n for n in run.conditions if run.conditions[n]["kind"] not in CONTROL_KINDS][:max_lines]
     if not names:
         return None
     fig, ax = _figure()
-    speeds = {n: run.speeds(n) for n in names + run.of_kind(CONTROL_KIND)}  # each read from disk once
+    controls = run.of_kind(*CONTROL_KINDS)
+    speeds = {n: run.speeds(n) for n in names + controls}  # each read from disk once
     speeds = {n: s for n, s in speeds.items() if s}
     horizon = min((min(len(x) for x in s) for s in speeds.values()), default=0)
     if horizon < 2:
@@ -173,7 +174,7 @@ def layer_ablation(run: Run, metric: str = "speed_w"):
 
 
 def control_distribution(run: Run, metric: str = "speed_w"):
-    """Each concept's effect against the distribution of its matched random-neuron controls."""
+    """Each concept's (or direction's) effect against the distribution of its matched random controls."""
     controls = run.results.get("controls") or {}
     if not controls:
         return None
@@ -186,7 +187,7 @@ def control_distribution(run: Run, metric: str = "speed_w"):
                    label="concept" if i == 0 else None)  # fmt: skip
     ax.set_xticks(range(len(controls)), list(controls), fontsize=8)
     ax.axhline(0, color="k", lw=0.8)
-    ax.set(ylabel=f"{metric}: % change vs baseline", title="Concept vs matched random-neuron controls")
+    ax.set(ylabel=f"{metric}: % change vs baseline", title="Steer vs matched random controls")
     ax.legend(fontsize=8)
     return fig
 
@@ -196,5 +197,5 @@ PLOTS = {
     "Alpha sweep": alpha_sweep,
     "Success vs budget": success_vs_budget,
     "Layer-depth ablation": layer_ablation,
-    "Concept vs random controls": control_distribution,
+    "Steer vs random controls": control_distribution,
 }

@@ -194,7 +194,7 @@ def write_report(run_dir: str | Path, out: str | Path | None = None, extras: Rep
     if table := outcomes_table(run):
         parts += ["<h2>How episodes ended</h2>", table]
     if table := controls_table(run):
-        parts += ["<h2>Against random-neuron controls</h2>", table]
+        parts += ["<h2>Against matched random controls</h2>", table]
     if table := closed_loop_table(run):
         parts += ["<h2>Closed-loop vs fixed alpha</h2>", table]
     for title, plot in PLOTS.items():

@@ -17,6 +17,7 @@ def every_kind(concepts: str) -> list[C.Condition]:
         fast,
         C.RandomControl(concepts=concepts, concept="fast", alpha=4, seed=7),
         C.Residual(direction="speed.safetensors", strength=2.0, positions="text"),
+        C.RandomDirection(direction="speed.safetensors", strength=2.0, positions="text", seed=3),
         C.ClosedLoop(steer=fast, controller=ControllerConfig(target_ratio=1.3, alpha_max=8.0)),
         C.ClosedLoop(reference=0.15),
         C.Budget(budget=100, allocator="random"),
@@ -34,8 +35,8 @@ def test_round_trip_through_files(tmp_path, concepts_file, suffix):
 
 def test_default_names_are_readable_and_distinct(concepts_file):
     names = [c.name for c in every_kind(concepts_file)]
-    assert names[:5] == ["unsteered", "prompt_quickly", "concept_fast+slow_clamp2.5_L2.3",
-                         "random_fast_clamp4_s7", "residual_speed_2"]
+    assert names[:6] == ["unsteered", "prompt_quickly", "concept_fast+slow_clamp2.5_L2.3",
+                         "random_fast_clamp4_s7", "residual_speed_2_text", "random_residual_speed_2_text_s3"]
     assert names[-2:] == ["budget_random_100", "budget_relevance_static_64"]
     assert len(set(names)) == len(names)
 
@@ -86,6 +87,21 @@ def test_random_controls_match_their_concept_only(concepts_file):
     controls = C.random_controls(fast, n=20)
     assert len({c.name for c in controls}) == 20 and all(c.matches(fast) for c in controls)
     assert not controls[0].matches(C.alpha_grid(fast, [8.0])[0])
+
+
+def test_random_directions_match_their_residual_up_to_sign(concepts_file):
+    up = C.Residual(direction="speed.safetensors", strength=2.0, positions="action")
+    down = C.Residual(direction="speed.safetensors", strength=-2.0, positions="action")
+    controls = C.random_controls(down, n=20)
+    assert all(isinstance(c, C.RandomDirection) and c.strength == 2.0 for c in controls)
+    assert len({c.name for c in controls}) == 20 and all(c.matches(up) and c.matches(down) for c in controls)
+    assert not controls[0].matches(C.Residual(direction="speed.safetensors", strength=1.0, positions="action"))
+    assert not controls[0].matches(C.Residual(direction="speed.safetensors", strength=2.0, positions="all"))
+    assert not controls[0].matches(controls[1])
+    with pytest.raises(ConfigError, match="RandomDirection.seed must be an int >= 0"):
+        C.RandomDirection(direction="speed.safetensors", seed=-1)
+    with pytest.raises(ConfigError, match="takes a Concept or Residual condition, got Prompt"):
+        C.random_controls(C.Prompt(modifier="quickly"))
 
 
 def test_constants_match_the_steering_module():

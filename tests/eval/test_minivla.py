@@ -7,7 +7,8 @@ import numpy as np
 import pytest
 
 from arrcoc_steer.control import ControllerConfig
-from arrcoc_steer.eval import Budget, ClosedLoop, Concept, RandomControl, Residual, RunFolder, evaluate
+from arrcoc_steer.eval import (Budget, ClosedLoop, Concept, RandomControl, RandomDirection, Residual, RunFolder,
+                               evaluate)
 
 
 @pytest.fixture(scope="module")
@@ -43,6 +44,7 @@ def test_every_condition_runs_on_minivla(policy, files, tmp_path):
         ClosedLoop(steer=residual, reference=0.1, controller=ControllerConfig(alpha_max=4.0)),
         *[Budget(budget=64, allocator=a) for a in ("relevance", "uniform", "random", "downsample")],
         Budget(budget=64, phase_aware=False),
+        RandomDirection(**residual.steer_fields(), seed=2),
     ]  # fmt: skip
     r = evaluate(policy, ["LiftRedBlock"], conditions, seeds=1, out_dir=tmp_path, backend="serial", max_steps=1,
                  progress=False)
@@ -53,13 +55,22 @@ def test_every_condition_runs_on_minivla(policy, files, tmp_path):
         assert counts and all(n > 0 for n in counts.values()), (c.name, counts)
     loop = folder.load_record(key(conditions[5].name))
     assert loop.traces["alpha"].shape == (1,) and loop.notes["reference"] == 0.1
-    for c in conditions[6:]:
+    for c in conditions[6:-1]:
         traces = folder.load_record(key(c.name)).traces
         assert traces["allocation"].shape == (1, 2, 16) and (traces["allocation"].sum(axis=(1, 2)) == 64).all()
         assert ("carrying" in traces) == (c.allocator == "relevance")  # the phase relevance read, per step
-    assert conditions[-1].name == "budget_relevance_static_64"
+    assert conditions[-2].name == "budget_relevance_static_64"
     assert r.controls[fast.name]["speed_w"]["n_controls"] == 1  # a percentile needs >= 20 of them:
     assert not r.controls[fast.name]["speed_w"]["sufficient"]
+    assert r.controls[residual.name]["controls"] == [conditions[-1].name]  # a random direction of matched norm
+    table = r.markdown(["speed_w"]).splitlines()  # controls fold into one row under their steer
+    assert table[0].startswith("| condition | speed_w vs baseline (p, d) | success |")
+    row = next(i for i, line in enumerate(table) if line.startswith(f"| {residual.name} |"))
+    assert "pct of 1 |" in table[row] and table[row + 1].startswith("| 1 matched random controls | median ")
+    assert not any(line.startswith(f"| {conditions[-1].name} ") for line in table)
+    random_dir = folder.load_record(key(conditions[-1].name))
+    assert folder.read(key(conditions[-1].name))["notes"]["steer_counts"] and not np.array_equal(
+        random_dir.actions, folder.load_record(key(residual.name)).actions)
     assert conditions[5].name in r.closed_loop  # compared with the fixed steers of the sweep
     plain, steered = folder.load_record(key("unsteered")), folder.load_record(key(residual.name))
     assert not np.array_equal(plain.actions, steered.actions)  # a strong direction changes the actions

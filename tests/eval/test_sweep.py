@@ -27,7 +27,7 @@ def episode_files(out: Path) -> dict[str, bytes]:
     return {p.name: p.read_bytes() for p in sorted((out / "episodes").glob("*.json"))}
 
 
-def test_a_sweep_writes_every_episode_and_pairs_the_statistics(tmp_path):
+def test_a_sweep_writes_every_episode_and_pairs_the_statistics(tmp_path, capsys):
     r = evaluate(ExpertPolicy(), FAST_TASKS, CONDITIONS, seeds=6, out_dir=tmp_path, backend="serial", progress=False)
     assert len(episode_files(tmp_path)) == len(r.rows) == 2 * 3 * 6
     assert len((tmp_path / "results.csv").read_text().splitlines()) == 1 + 36
@@ -45,6 +45,13 @@ def test_a_sweep_writes_every_episode_and_pairs_the_statistics(tmp_path):
     rec = RunFolder(tmp_path).load_record(f"LiftRedBlock__prompt_quickly__{1_000_000}")
     assert rec.success and rec.ee_pos.shape == (rec.length + 1, 3) and rec.instruction.endswith(" quickly")
     assert "prompt_quickly" in r.format()
+    from arrcoc_steer.cli import main
+
+    main(["report", str(tmp_path), "--markdown", "--metrics", "speed_w", "success"])
+    table = capsys.readouterr().out.splitlines()
+    assert table[0] == "| condition | speed_w vs baseline (p, d) | success vs baseline (p, d) | success | vs random controls |"
+    quick_row = next(line for line in table if line.startswith("| prompt_quickly |"))
+    assert f"| {quick['pct_change']:+.1f}% (" in quick_row and len(table) == 2 + len(CONDITIONS)
 
 
 def test_resume_after_ctrl_c_runs_only_what_is_missing(tmp_path):
