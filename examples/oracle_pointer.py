@@ -9,7 +9,9 @@ segmentation implies (the pointer the grounding is trained toward). An episode t
 policy loses is a perception failure (it looked at the wrong block, or in the wrong place); one both lose
 fails in control. Printed per episode: success both ways and the policy's agent-view target-pointer
 error (mean |dx|, |dy| as a fraction of the image, over the first ``--error-steps`` steps, while it
-chooses which block to reach). Development seeds by default, apart from the reporting ones.
+chooses which block to reach; frames where the target is out of view are left out, as in
+:func:`~arrcoc_steer.models.pointing.agent_view_error`). Development seeds by default, apart from the
+reporting ones.
 """
 
 from __future__ import annotations
@@ -22,10 +24,8 @@ import torch
 import envs
 from arrcoc_steer.eval import fresh_seeds
 from arrcoc_steer.eval.sweep import resolve_tasks
-from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, POINTED, MiniVLA
-from arrcoc_steer.models.pointing import scene_pointer
-
-TARGET = POINTED.index(2)  # pointer row of the target class
+from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, MiniVLA
+from arrcoc_steer.models.pointing import agent_view_error, scene_pointer
 
 
 def run(model: MiniVLA, task: str, seed: int, oracle: bool, budget: int, error_steps: int, max_steps: int | None) -> dict:
@@ -41,10 +41,11 @@ def run(model: MiniVLA, task: str, seed: int, oracle: bool, budget: int, error_s
             out, state, _ = model.observe(obs, obs["instruction"], budget, pointer=truth if oracle else None)
             if t < error_steps:
                 own = out.pointer if not oracle else model.observe(obs, obs["instruction"], budget)[0].pointer
-                errors.append(float((own[0, 0, TARGET, :2].float() - truth[0, 0, TARGET, :2]).abs().mean()))
+                errors.append(float(agent_view_error(own, truth, "target")[0]))
             obs, _, terminated, truncated, info = env.step(model.decode_actions(out.action_logits, state)[0])
             done, t = terminated or truncated, t + 1
-        return {"success": bool(info["success"]), "target_error": float(np.mean(errors)) if errors else float("nan")}
+        seen = [e for e in errors if e == e]  # NaN: the target was out of view
+        return {"success": bool(info["success"]), "target_error": float(np.mean(seen)) if seen else float("nan")}
     finally:
         env.close()
 
