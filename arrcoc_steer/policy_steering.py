@@ -49,6 +49,11 @@ def observations(tasks: Sequence[str] = DEFAULT_TASKS, per_task: int = 8, seed: 
     return items
 
 
+def with_modifier(instruction: str, modifier: str) -> str:
+    """``instruction`` with ``modifier`` appended, as the ``prompt`` condition appends it ("" adds nothing)."""
+    return f"{instruction.rstrip(' .')} {modifier}".strip()
+
+
 def runner(budget: int = 64):
     """``run(policy, item)`` for :func:`~arrcoc_steer.steering.calibrate` and contrasts."""
 
@@ -83,7 +88,8 @@ def write_direction(policy, path: str | Path, positive: str = "quickly", negativ
                     layers: Sequence[int] | None = None, items: list[dict] | None = None, budget: int = 64,
                     positions: str = "all", normalize: bool = True, top_layers: int | None = None,
                     name: str | None = None) -> Path:  # fmt: skip
-    """Mean residual on "<instruction> <positive>" minus "<instruction> <negative>", same observations.
+    """Mean residual on "<instruction> <positive>" minus "<instruction> <negative>", same observations
+    (a modifier may be empty: "and lift it high" against "" is the contrast of one modifier).
 
     ``normalize`` makes each layer's vector unit length (strength in residual-norm units; otherwise
     strength 1 adds the mean difference itself); ``top_layers=k`` keeps the k layers where the
@@ -96,8 +102,8 @@ def write_direction(policy, path: str | Path, positive: str = "quickly", negativ
     items = items or observations()
     n_layers = len(policy.backbone.encoder.layer)
     layers = list(range(n_layers)) if layers is None else list(layers)
-    pos = [{**it, "instruction": f"{it['instruction']} {positive}"} for it in items]
-    neg = [{**it, "instruction": f"{it['instruction']} {negative}"} for it in items]
+    pos = [{**it, "instruction": with_modifier(it["instruction"], positive)} for it in items]
+    neg = [{**it, "instruction": with_modifier(it["instruction"], negative)} for it in items]
     direction = ResidualDirection.from_contrast(policy, pos, neg, layers, positions=positions, run=runner(budget),
                                                 normalize=False, name=name or f"{positive}-{negative}")  # fmt: skip
     if top_layers is not None:

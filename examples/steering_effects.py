@@ -4,12 +4,14 @@ residual directions, a strength sweep and a layer-depth ablation, in three resum
     python examples/steering_effects.py --out runs/steering --seeds 13 --control-seeds 3
 
 Steps: the policy's atlas -> "fast" / "slow" / "up" concepts (keywords + embedding neighbours) ->
-per-neuron calibration on expert observations -> the contrastive "quickly" - "slowly" residual
-direction at the action queries, kept in the layer where it is largest (where the modifier reaches
-them: the last one in MiniVLA) -> three sweeps on fresh seeds, every condition on the same tasks and
-seeds: ``eval`` (the main table), ``controls`` (matched random neurons / random directions, on the
-first ``--control-seeds`` seeds, with their own unsteered twins), ``sweeps`` (alpha, strength and
-layer ablations) -> results.json / .csv and an HTML report each. Interrupt at any time; rerunning resumes.
+per-neuron calibration on expert observations -> contrastive residual directions at the action
+queries, "quickly" - "slowly" and "and lift it high" - no modifier, each kept in the layer where it is
+largest (where the modifier reaches them: the last one in MiniVLA) -> three sweeps on fresh seeds,
+every condition on the same tasks and seeds: ``eval`` (the main table), ``controls`` (matched random
+neurons / random directions, on the first ``--control-seeds`` seeds, with their own unsteered twins),
+``sweeps`` (height, alpha, strength and layer ablations) -> results.json / .csv and an HTML report
+each. Interrupt at any time; rerunning resumes. ``arrcoc-steer report <out>/eval --markdown`` prints
+a table.
 """
 
 from __future__ import annotations
@@ -26,10 +28,11 @@ from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
 TASKS = ["LiftRedBlock", "PickRedBlockIntoTray", "PickLeftBlockIntoTray", "PutRedBlockOnPlate"]
 LAYER_GROUPS = {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+LIFT = "and lift it high"  # the height modifier; its contrast against no modifier is the "up" direction
 
 
 def sweeps(concepts: Path, reach_concepts: Path, reach: list[int], calibration: Path, direction: Path,
-           alpha: float, alphas: list[float], n_controls: int, strengths: list[float]) -> dict[str, list]:  # fmt: skip
+           lift: Path, alpha: float, alphas: list[float], n_controls: int, strengths: list[float]) -> dict[str, list]:  # fmt: skip
     """The three sweeps' conditions, most important first within each (a sweep runs condition by
     condition, so one cut short still holds its first rows). ``reach``: the layers where the
     modifier reaches the action queries; ``reach_concepts`` were found in those layers only."""
@@ -44,7 +47,8 @@ def sweeps(concepts: Path, reach_concepts: Path, reach: list[int], calibration: 
     controls = [{"kind": "unsteered"}, *residual.values(), at_reach["fast"], at_reach["slow"],
                 *random_controls(residual[main_strength], n_controls),
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
-    ablations = [{"kind": "unsteered"},
+    ablations = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": LIFT},
+                 Residual(direction=str(lift), strength=main_strength, positions="action"),
                  *(Residual(direction=str(direction), strength=sign * s, positions="action")
                    for s in other_strengths for sign in (1, -1)),
                  *(Concept(**{**neurons, "alpha": a}, concept="fast") for a in alphas if a != alpha),
@@ -81,11 +85,15 @@ def main(argv: list[str] | None = None) -> int:
         write_calibration(policy, calib_path, items)
         write_direction(policy, dir_path, "quickly", "slowly", items=items, positions="action", normalize=False,
                         top_layers=1)  # fmt: skip
+    lift_path = out / "direction_lift.safetensors"
+    if not lift_path.exists():
+        write_direction(policy, lift_path, LIFT, "", items=observations(args.tasks, per_task=12), positions="action",
+                        normalize=False, top_layers=1, name="lift")  # fmt: skip
     reach = list(ResidualDirection.load(dir_path).layers)  # where "quickly" / "slowly" reach the action queries
     found += [replace(c, name=f"{c.name} (layers {reach})")
               for c in write_concepts(policy, out / "concepts_reach.yaml", cache=out / "cache", layers=reach)]
-    plan = sweeps(concepts_path, out / "concepts_reach.yaml", reach, calib_path, dir_path, args.alpha, args.alphas,
-                  args.controls, args.strengths)  # fmt: skip
+    plan = sweeps(concepts_path, out / "concepts_reach.yaml", reach, calib_path, dir_path, lift_path, args.alpha,
+                  args.alphas, args.controls, args.strengths)  # fmt: skip
     frames = None if args.no_video else "agentview"
     folders = []
     for part in args.parts:

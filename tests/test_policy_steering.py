@@ -4,7 +4,8 @@ import torch
 from arrcoc_steer.cli import parse_concept_spec
 from arrcoc_steer.errors import ConfigError
 from arrcoc_steer.models.minivla import MiniVLA
-from arrcoc_steer.policy_steering import observations, write_calibration, write_concepts, write_direction
+from arrcoc_steer.policy_steering import (observations, with_modifier, write_calibration, write_concepts,
+                                         write_direction)
 from arrcoc_steer.steering import Calibration, ResidualDirection
 
 
@@ -42,6 +43,11 @@ def test_contrast_direction_differs_only_by_the_modifier(policy, items, tmp_path
     norms = {l: float(v.norm()) for l, v in raw.vectors.items()}
     assert sorted(top.vectors) == sorted(sorted(norms, key=norms.get)[-2:])  # the two largest, kept raw
     assert all(torch.equal(top.vectors[l], raw.vectors[l]) for l in top.vectors)
+    lift = ResidualDirection.load(write_direction(policy, tmp_path / "l.safetensors", "and lift it high", "",
+                                                  items=items, layers=[5], normalize=False))
+    assert lift.layers == (5,) and lift.vectors[5].norm() > 0  # one modifier against none
+    assert with_modifier("put it in the tray.", "slowly") == "put it in the tray slowly"
+    assert with_modifier("put it in the tray", "") == "put it in the tray"
     with pytest.raises(ConfigError, match="differ"):
         write_direction(policy, tmp_path / "e.safetensors", "quickly", "quickly", items=items)
 
