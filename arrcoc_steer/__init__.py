@@ -30,6 +30,7 @@ _EXPORTS = {
     # steer
     "Intervention": "arrcoc_steer.steering",
     "ResidualDirection": "arrcoc_steer.steering",
+    "ResidualMap": "arrcoc_steer.steering",
     "Steerer": "arrcoc_steer.steering",
     "calibrate": "arrcoc_steer.steering",
     "random_control": "arrcoc_steer.steering",

@@ -190,6 +190,10 @@ def _setup_direction(p: argparse.ArgumentParser) -> None:
                    help="keep the K layers where the contrast is largest (where the modifier reaches the positions)")
     p.add_argument("--raw", action="store_true",
                    help="keep the mean difference's own norm (strength 1 = the contrast itself) instead of unit vectors")
+    p.add_argument("--map", action="store_true",
+                   help="fit a residual map from '<instruction> NEGATIVE' to '<instruction> POSITIVE' instead, one per "
+                        "chosen position (NEGATIVE may be ''), at --layers (default: where the contrast is largest)")
+    p.add_argument("--per-task", type=int, help="expert observations per task (default: 60 with --map, else 8)")
     p.add_argument("--out", default="direction.safetensors", help="file to write (default: %(default)s)")
 
 
@@ -198,10 +202,24 @@ def cmd_direction(args: argparse.Namespace) -> int:
     from .models.minivla import load_policy
     from .policy_steering import write_direction
 
-    path = write_direction(load_policy(args.policy), args.out, args.positive, args.negative, layers=args.layers,
-                           positions=args.positions, normalize=not args.raw, top_layers=args.top_layers)  # fmt: skip
     from .steering import ResidualDirection
 
+    from .policy_steering import observations, write_map
+
+    policy = load_policy(args.policy)
+    items = observations(per_task=args.per_task or (60 if args.map else 8), every=2 if args.map else 3)
+    if args.map:  # a linear map wants many pairs
+        layers = args.layers
+        if layers is None:
+            reach = write_direction(policy, args.out, args.positive, args.negative, positions=args.positions,
+                                    normalize=False, top_layers=args.top_layers or 1, items=items)  # fmt: skip
+            layers = list(ResidualDirection.load(reach).layers)
+        path = write_map(policy, args.out, args.positive, args.negative, layers=layers, items=items,
+                         positions=args.positions, per_position=args.positions != "all")  # fmt: skip
+        print(f"wrote {path} (a map at layers {layers}, {args.positions} positions)")
+        return 0
+    path = write_direction(policy, args.out, args.positive, args.negative, layers=args.layers, items=items,
+                           positions=args.positions, normalize=not args.raw, top_layers=args.top_layers)  # fmt: skip
     norms = ", ".join(f"{l}: {float(v.norm()):.3g}" for l, v in ResidualDirection.load(path).vectors.items())
     print(f"wrote {path} (layer: norm {norms})")
     return 0

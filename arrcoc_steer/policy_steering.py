@@ -7,7 +7,8 @@ they are measured on. This module makes it from scripted-expert rollouts in ``en
 * :func:`write_calibration` -- each neuron's activation scale on them (alpha in calibrated units);
 * :func:`write_concepts` -- concept neurons found from keywords in the policy's atlas (YAML);
 * :func:`write_direction` -- a contrastive residual direction, e.g. "... quickly" minus "... slowly",
-  on the same observations, so that only the instruction differs.
+  on the same observations, so that only the instruction differs;
+* :func:`write_map` -- a residual map from the instruction's activations to those with a modifier.
 """
 
 from __future__ import annotations
@@ -112,4 +113,24 @@ def write_direction(policy, path: str | Path, positive: str = "quickly", negativ
         direction = replace(direction, vectors={l: v / v.norm().clamp_min(1e-12) for l, v in direction.vectors.items()})
     path = Path(path)
     direction.save(path)
+    return path
+
+
+def write_map(policy, path: str | Path, modifier: str, base: str = "", *, layers: Sequence[int],
+              items: list[dict] | None = None, budget: int = 64, positions: str = "action",
+              per_position: bool = True, ridge: float = 0.05, name: str | None = None) -> Path:  # fmt: skip
+    """A :class:`~arrcoc_steer.steering.ResidualMap` from "<instruction> <base>" to "<instruction>
+    <modifier>" on the same observations: strength 1 moves the policy's activations as the modifier
+    would. One map per action query by default (each decodes one action dimension)."""
+    from .steering import ResidualMap
+
+    if modifier == base:
+        raise ConfigError(f"modifier and base must differ, got {modifier!r} twice")
+    items = items or observations()
+    source = [{**it, "instruction": with_modifier(it["instruction"], base)} for it in items]
+    target = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in items]
+    fitted = ResidualMap.fit(policy, source, target, layers, positions=positions, per_position=per_position,
+                             ridge=ridge, run=runner(budget), name=name or modifier.replace(" ", "_"))  # fmt: skip
+    path = Path(path)
+    fitted.save(path)
     return path

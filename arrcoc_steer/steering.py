@@ -8,7 +8,9 @@ step. Here an :class:`Intervention` (a small frozen dataclass) says which neuron
 multiples of each neuron's own activation scale from :func:`calibrate`, because raw alpha does not
 transfer between models) and where (``all`` / ``text`` / ``image`` / ``action`` positions).
 A :class:`ResidualDirection` (the mean residual-stream difference between contrastive prompts,
-"... quickly" minus "... slowly") is the second steering method, added at ``layers.{i}.resid_post``.
+"... quickly" minus "... slowly") is the second steering method, added at ``layers.{i}.resid_post``;
+a :class:`ResidualMap` is its first-order form, a linear map fitted on paired prompts, for effects
+that depend on the state (speed: a longer action along whichever way the arm is already going).
 
 A :class:`Steerer` applies any number of them for as long as its ``with`` block lasts, across every
 forward call, and removes everything it attached on exit — also when the block raises. It counts
@@ -193,8 +195,133 @@ class ResidualDirection:
 
         with safe_open(str(path), "pt") as f:
             meta = f.metadata() or {}
+            if meta.get("kind") == "map":
+                raise CheckpointError(f"{path} holds a residual map, not a direction (load it with ResidualMap.load)")
             vectors = {int(k.split(".")[1]): f.get_tensor(k) for k in f.keys()}
         return cls(vectors, float(meta.get("strength", 1.0)), meta.get("positions", "all"), meta.get("name", ""))
+
+
+@dataclass(frozen=True, eq=False)
+class ResidualMap:
+    """Add ``strength * (x @ A + b)`` to the residual stream ``x`` after each listed block: a linear
+    map, fitted on paired prompts, from activations under one prompt to their change under another.
+
+    A mean-difference :class:`ResidualDirection` adds the same vector in every state. Where a
+    modifier's effect depends on the state it does not transfer: in MiniVLA "quickly" lengthens
+    the action along whichever way the arm is going, and a fixed vector instead pushes every action
+    the same way. The map carries the dependence (its first-order fit; ``A = 0`` is the direction).
+
+    Attributes:
+        maps: layer -> ``(A (p, d, d), b (p, d))``: ``p = 1``, one map for every chosen position, or
+            one per position when each call has the same ``p`` chosen positions (MiniVLA's 7 action
+            queries, each one action dimension).
+        strength: multiplier; 1.0 moves activations by the fitted change (0.5 half-way).
+        positions: token positions acted on (as fitted).
+        name: label in counts and errors.
+    """
+
+    maps: dict[int, tuple[torch.Tensor, torch.Tensor]]
+    strength: float = 1.0
+    positions: str = "all"
+    name: str = ""
+    model: ModelRef | None = None
+
+    def __post_init__(self):
+        if not self.maps:
+            raise ConfigError("ResidualMap.maps is empty")
+        object.__setattr__(self, "strength", _finite("ResidualMap", "strength", self.strength))
+        _choice("ResidualMap", "positions", self.positions, POSITIONS)
+        maps = {}
+        for layer, (a, b) in self.maps.items():
+            a, b = torch.as_tensor(a).detach().float(), torch.as_tensor(b).detach().float()
+            a, b = (a[None] if a.dim() == 2 else a), (b[None] if b.dim() == 1 else b)
+            if a.dim() != 3 or a.shape[1] != a.shape[2] or b.shape != (a.shape[0], a.shape[2]):
+                raise ConfigError(f"ResidualMap layer {layer}: A must be (p, d, d) and b (p, d), got "
+                                  f"{tuple(a.shape)} and {tuple(b.shape)}")
+            if not (torch.isfinite(a).all() and torch.isfinite(b).all()):
+                raise ConfigError(f"ResidualMap layer {layer} contains NaN or inf")
+            maps[int(layer)] = (a, b)
+        object.__setattr__(self, "maps", maps)
+
+    @property
+    def layers(self) -> tuple[int, ...]:
+        return tuple(sorted(self.maps))
+
+    def with_strength(self, strength: float) -> ResidualMap:
+        return replace(self, strength=strength)
+
+    @classmethod
+    @torch.no_grad()
+    def fit(cls, model: nn.Module, source: Sequence, target: Sequence, layers: Iterable[int], *,
+            positions: str = "all", per_position: bool = False, ridge: float = 0.05, strength: float = 1.0,
+            run: Callable | None = None, tokenizer=None, name: str = "") -> ResidualMap:
+        """Ridge regression of (activation under ``target``) - (activation under ``source``) on the
+        ``source`` activation, prompt by prompt (``source[i]`` and ``target[i]`` differ only in
+        what is contrasted, e.g. the instruction with and without "quickly").
+
+        ``per_position``: one map per chosen position (each call must choose the same number).
+        ``ridge``: the penalty as a fraction of the mean eigenvalue of the source covariance.
+        """
+        if len(source) != len(target) or not len(source):
+            raise ConfigError(f"ResidualMap.fit needs paired prompts, got {len(source)} source and {len(target)} target")
+        if not ridge > 0:
+            raise ConfigError(f"ResidualMap.fit: ridge must be > 0, got {ridge!r}")
+        adapter = Adapter(model)
+        layers = [adapter.spec.check_layer(l) for l in layers]
+        run = run or _default_runner(model, tokenizer)
+        xs = _residuals(adapter, source, layers, positions, run, per_position)
+        ys = _residuals(adapter, target, layers, positions, run, per_position)
+        maps = {}
+        for l in layers:
+            if xs[l].shape != ys[l].shape:
+                raise SteeringError(f"ResidualMap.fit: layer {l} chose {tuple(xs[l].shape)} source and "
+                                    f"{tuple(ys[l].shape)} target positions; the pairs must match")
+            maps[l] = _ridge(xs[l], ys[l] - xs[l], ridge)
+        return cls(maps, strength, positions, name or "map", ModelRef.of(adapter))
+
+    def save(self, path: str | Path) -> None:
+        from safetensors.torch import save_file
+
+        meta = {"kind": "map", "strength": str(self.strength), "positions": self.positions, "name": self.name}
+        tensors = {f"layer.{l}.{k}": t.contiguous().cpu() for l, (a, b) in self.maps.items() for k, t in (("A", a), ("b", b))}
+        save_file(tensors, str(path), meta)
+
+    @classmethod
+    def load(cls, path: str | Path) -> ResidualMap:
+        from safetensors import safe_open
+
+        with safe_open(str(path), "pt") as f:
+            meta = f.metadata() or {}
+            if meta.get("kind") != "map":
+                raise CheckpointError(f"{path} is not a residual map (load it with ResidualDirection.load)")
+            layers = sorted({int(k.split(".")[1]) for k in f.keys()})
+            maps = {l: (f.get_tensor(f"layer.{l}.A"), f.get_tensor(f"layer.{l}.b")) for l in layers}
+        return cls(maps, float(meta.get("strength", 1.0)), meta.get("positions", "all"), meta.get("name", ""))
+
+
+def load_steer(path: str | Path) -> ResidualDirection | ResidualMap:
+    """A residual direction or map file, whichever ``path`` holds."""
+    from safetensors import safe_open
+
+    with safe_open(str(path), "pt") as f:
+        kind = (f.metadata() or {}).get("kind")
+    return ResidualMap.load(path) if kind == "map" else ResidualDirection.load(path)
+
+
+def _ridge(x: torch.Tensor, d: torch.Tensor, ridge: float) -> tuple[torch.Tensor, torch.Tensor]:
+    """``x``, ``d`` (n, p, dim) -> per position ``A`` (p, dim, dim), ``b`` (p, dim) minimising
+    ``|x A + b - d|^2 + lam |A|^2``, ``lam`` = ridge x the mean eigenvalue of x's covariance."""
+    x, d = x.double(), d.double()
+    mx, md = x.mean(0), d.mean(0)
+    xc, dc = x - mx, d - md
+    a = []
+    for i in range(x.shape[1]):
+        cov = xc[:, i].T @ xc[:, i]
+        lam = ridge * float(torch.trace(cov)) / cov.shape[0] + 1e-12
+        a.append(torch.linalg.solve(cov + lam * torch.eye(cov.shape[0], dtype=cov.dtype), xc[:, i].T @ dc[:, i]))
+    a = torch.stack(a)
+    b = md - torch.einsum("pd,pde->pe", mx, a)
+    return a.float(), b.float()
 
 
 # ------------------------------------------------------------------------------ calibration
@@ -301,10 +428,13 @@ def random_control(target: ConceptSet | Intervention, rng: int | np.random.Gener
     return ConceptSet(name=name, neurons=tuple(neurons), model=target.model)
 
 
-def random_direction(target: ResidualDirection, rng: int | np.random.Generator = 0) -> ResidualDirection:
+def random_direction(target: ResidualDirection | ResidualMap,
+                     rng: int | np.random.Generator = 0) -> ResidualDirection | ResidualMap:
     """A matched random control for a residual direction: per layer, a uniformly random direction
     of the same norm; layers, strength and positions are kept. The draw is sign-symmetric, so one
-    set of controls serves ``strength`` and ``-strength`` alike.
+    set of controls serves ``strength`` and ``-strength`` alike. For a :class:`ResidualMap`, every
+    edit ``x A + b`` is turned by one random rotation per layer: each activation moves as far as
+    under the map, in a random direction.
 
     >>> d = ResidualDirection({5: torch.ones(4)}, strength=2.0, positions="action")
     >>> r = random_direction(d, rng=0)
@@ -312,6 +442,13 @@ def random_direction(target: ResidualDirection, rng: int | np.random.Generator =
     ((5,), 2.0, 'action', 2.0)
     """
     rng = np.random.default_rng(rng)
+    if isinstance(target, ResidualMap):
+        maps = {}
+        for layer, (a, b) in target.maps.items():
+            q, r = np.linalg.qr(rng.standard_normal((a.shape[-1], a.shape[-1])))
+            rot = torch.as_tensor(q * np.sign(np.diag(r)), dtype=torch.float32)  # uniform (Haar) rotation
+            maps[layer] = (a @ rot, b @ rot)
+        return replace(target, maps=maps, name=f"{target.name or 'map'}~random")
     vectors = {}
     for layer in target.layers:
         v = target.vectors[layer]
@@ -326,7 +463,7 @@ class Steerer:
 
     Args:
         model: any model the adapters map (a transformers model, MiniVLA, a stand-in).
-        interventions: :class:`Intervention` / :class:`ResidualDirection` objects (one or a list;
+        interventions: :class:`Intervention` / :class:`ResidualDirection` / :class:`ResidualMap` objects (one or a list;
             several concepts at once are several interventions).
         calibration: needed by ``unit="calibrated"`` interventions.
         backend: ``"hooks"`` (torch forward hooks; fastest, default) or ``"nnsight"`` (a persistent
@@ -342,7 +479,11 @@ class Steerer:
         _choice("Steerer", "backend", backend, BACKENDS)
         self.model, self.backend, self.strict = model, backend, strict
         self.adapter = Adapter(model)
-        items = [interventions] if isinstance(interventions, (Intervention, ResidualDirection)) else list(interventions)
+        single = (Intervention, ResidualDirection, ResidualMap)
+        items = [interventions] if isinstance(interventions, single) else list(interventions)
+        wrong = [type(i).__name__ for i in items if not isinstance(i, single)]
+        if wrong:
+            raise ConfigError(f"Steerer takes Intervention, ResidualDirection or ResidualMap objects, got {wrong}")
         if not items:
             raise ConfigError("Steerer needs at least one intervention")
         self.names = _unique_names(items)
@@ -412,7 +553,8 @@ def steer(model: nn.Module, concept: ConceptSet, alpha: float, **kwargs) -> Stee
 def _unique_names(items) -> list[str]:
     names = []
     for i, item in enumerate(items):
-        base = item.name or f"{'intervention' if isinstance(item, Intervention) else 'direction'} {i}"
+        kind = {Intervention: "intervention", ResidualDirection: "direction", ResidualMap: "map"}[type(item)]
+        base = item.name or f"{kind} {i}"
         name, n = base, 1
         while name in names:
             n += 1
@@ -507,6 +649,7 @@ class _Op:
     scale: torch.Tensor | None  # None: clamp (no dependence on x)
     shift: torch.Tensor
     positions: str
+    matrix: torch.Tensor | None = None  # (p, d, d): a residual map, x += x @ matrix + shift
     changed: int = 0  # positions changed, for unmasked applications
     masked: list = field(default_factory=list)  # device tensors of masked counts (no sync)
 
@@ -534,6 +677,9 @@ class _Edit:
         if self.kind == "output" or (torch.is_grad_enabled() and x.requires_grad):
             x = x.clone()  # the residual stream may be kept elsewhere; autograd may have saved x
         for op in self.ops:
+            if op.matrix is not None:
+                self._map(op, x)
+                continue
             idx = op.idx if op.idx is not None else slice(None)
             if op.positions == "all":
                 x[..., idx] = op.shift if op.scale is None else x[..., idx] * op.scale + op.shift
@@ -549,6 +695,23 @@ class _Edit:
         return x
 
 
+    def _map(self, op: _Op, x: torch.Tensor) -> None:
+        """x[chosen] += x[chosen] @ A + b, with one (A, b) per chosen position of each row when p > 1."""
+        sel = None if op.positions == "all" else self.roles.mask(op.positions, x)[0][..., 0]
+        rows = x.reshape(-1, x.shape[-1]) if sel is None else x[sel]
+        p = op.matrix.shape[0]
+        if p > 1 and rows.shape[0] != x.shape[0] * p:
+            raise SteeringError(f"{op.name}: the map has one matrix for each of {p} {op.positions!r} positions "
+                                f"per sequence, but this call has {rows.shape[0]} for {x.shape[0]} sequences")
+        grouped = rows.reshape(-1, p, rows.shape[-1])
+        new = grouped + torch.einsum("npd,pde->npe", grouped, op.matrix) + op.shift
+        if sel is None:
+            x.copy_(new.reshape(x.shape))
+        else:
+            x[sel] = new.reshape(rows.shape)
+        op.changed += rows.shape[0]
+
+
 def _plan(adapter: Adapter, items, names, calibration, roles: _Roles) -> list[_Edit]:
     """Validate every intervention and group their ops per module, in execution order."""
     spec, ref = adapter.spec, ModelRef.of(adapter)
@@ -560,6 +723,14 @@ def _plan(adapter: Adapter, items, names, calibration, roles: _Roles) -> list[_E
         if isinstance(item, Intervention):
             for layer in item.layers:
                 ops.setdefault((layer, 0), []).append(_neuron_op(spec, item, name, layer, calibration))
+        elif isinstance(item, ResidualMap):
+            for layer, (a, b) in item.maps.items():
+                _layer_or_error(spec, layer, name)
+                if a.shape[-1] != spec.d_model:
+                    raise SteeringError(f"{name}: layer {layer} map is {a.shape[-1]}-dimensional, the model's "
+                                        f"residual stream {spec.d_model}")
+                ops.setdefault((layer, 1), []).append(
+                    _Op(name, None, None, item.strength * b, item.positions, matrix=item.strength * a))
         else:
             for layer, vector in item.vectors.items():
                 _layer_or_error(spec, layer, name)
@@ -575,6 +746,7 @@ def _plan(adapter: Adapter, items, names, calibration, roles: _Roles) -> list[_E
             op.idx = op.idx.to(device) if op.idx is not None else None
             op.scale = op.scale.to(device, dtype) if op.scale is not None else None
             op.shift = op.shift.to(device, dtype)
+            op.matrix = op.matrix.to(device, dtype) if op.matrix is not None else None
         point = f"layers.{layer}.{'mlp.post' if kind == 0 else 'resid_post'}"
         edits.append(_Edit(point, spec.path(point), "input" if kind == 0 else "output", layer_ops, roles))
     return edits
@@ -751,6 +923,30 @@ def _mean_residual(adapter: Adapter, prompts, layers, positions, run) -> dict[in
     if not all(counts.values()):
         raise SteeringError(f"from_contrast saw no {positions!r} positions in its prompts")
     return {l: (sums[l] / counts[l]).float() for l in layers}
+
+
+def _residuals(adapter: Adapter, prompts, layers, positions, run, per_position: bool) -> dict[int, torch.Tensor]:
+    """Every chosen position's block output, ``(n, p, d)``: p per call (``per_position``) or 1."""
+    rows = {l: [] for l in layers}
+
+    def add(layer, x, mask):
+        x = x.detach().float().cpu()
+        mask = None if mask is None else mask.cpu()
+        if per_position:
+            picked = [x[i] if mask is None else x[i][mask[i]] for i in range(len(x))]
+            if len({len(r) for r in picked}) > 1 or (rows[layer] and len(picked[0]) != rows[layer][0].shape[1]):
+                raise SteeringError(f"per_position maps need the same number of {positions!r} positions in "
+                                    f"every call; got {sorted({len(r) for r in picked})}")
+            rows[layer].append(torch.stack(picked))
+        else:
+            rows[layer].append((x.reshape(-1, x.shape[-1]) if mask is None else x[mask])[:, None])
+
+    with _Capture(adapter, "resid_post", layers, positions, add):
+        for prompt in prompts:
+            run(adapter.model, prompt)
+    if not all(rows.values()) or not all(sum(len(r) for r in v) for v in rows.values()):
+        raise SteeringError(f"ResidualMap.fit saw no {positions!r} positions in its prompts")
+    return {l: torch.cat(v) for l, v in rows.items()}
 
 
 def _default_runner(model: nn.Module, tokenizer) -> Callable:

@@ -6,12 +6,13 @@ residual directions, a strength sweep and a layer-depth ablation, in three resum
 Steps: the policy's atlas -> "fast" / "slow" / "up" concepts (keywords + embedding neighbours) ->
 per-neuron calibration on expert observations -> contrastive residual directions at the action
 queries, "quickly" - "slowly" and "and lift it high" - no modifier, each kept in the layer where it is
-largest (where the modifier reaches them: the last one in MiniVLA) -> three sweeps on fresh seeds,
-every condition on the same tasks and seeds: ``eval`` (the main table), ``controls`` (matched random
-neurons / random directions, on the first ``--control-seeds`` seeds, with their own unsteered twins),
-``sweeps`` (height, alpha, strength and layer ablations) -> results.json / .csv and an HTML report
-each. Interrupt at any time; rerunning resumes. ``arrcoc-steer report <out>/eval --markdown`` prints
-a table.
+largest (where the modifier reaches them: the last one in MiniVLA) -> residual maps in that layer,
+from the plain instruction's activations to those with "quickly" / "slowly" / "and lift it high"
+-> three sweeps on fresh seeds, every condition on the same tasks and seeds: ``eval`` (the main
+table), ``controls`` (matched random neurons / directions / rotated maps, on the first
+``--control-seeds`` seeds, with their own unsteered twins), ``sweeps`` (height, strength, alpha and
+layer ablations) -> results.json / .csv and an HTML report each. Interrupt at any time; rerunning
+resumes. ``arrcoc-steer report <out>/eval --markdown`` prints a table.
 """
 
 from __future__ import annotations
@@ -22,7 +23,7 @@ from pathlib import Path
 
 from arrcoc_steer.eval import Concept, Residual, evaluate, random_controls
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, load_policy
-from arrcoc_steer.policy_steering import observations, write_calibration, write_concepts, write_direction
+from arrcoc_steer.policy_steering import observations, write_calibration, write_concepts, write_direction, write_map
 from arrcoc_steer.steering import ResidualDirection
 from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
@@ -31,25 +32,31 @@ LAYER_GROUPS = {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
 LIFT = "and lift it high"  # the height modifier; its contrast against no modifier is the "up" direction
 
 
-def sweeps(concepts: Path, reach_concepts: Path, reach: list[int], calibration: Path, direction: Path,
-           lift: Path, alpha: float, alphas: list[float], n_controls: int, strengths: list[float]) -> dict[str, list]:  # fmt: skip
+def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[float], n_controls: int,
+           strengths: list[float]) -> dict[str, list]:  # fmt: skip
     """The three sweeps' conditions, most important first within each (a sweep runs condition by
     condition, so one cut short still holds its first rows). ``reach``: the layers where the
-    modifier reaches the action queries; ``reach_concepts`` were found in those layers only."""
-    neurons = dict(concepts=str(concepts), unit="calibrated", calibration=str(calibration), mode="clamp", alpha=alpha)
-    at_reach = {name: Concept(**{**neurons, "concepts": str(reach_concepts)}, concept=name, positions="action",
+    modifier reaches the action queries (the maps and ``concepts_reach`` live there)."""
+    neurons = dict(concepts=str(files["concepts"]), unit="calibrated", calibration=str(files["calibration"]),
+                   mode="clamp", alpha=alpha)  # fmt: skip
+    at_reach = {name: Concept(**{**neurons, "concepts": str(files["concepts_reach"])}, concept=name, positions="action",
                               layers=reach) for name in ("fast", "slow", "up")}  # fmt: skip
-    main_strength, *other_strengths = sorted(strengths, reverse=True)
-    residual = {s: Residual(direction=str(direction), strength=s, positions="action") for s in (main_strength, -main_strength)}
+    maps = {m: Residual(direction=str(files[f"map_{m}"]), strength=1.0, positions="action") for m in ("quickly", "slowly")}
+    main_strength, *other_strengths = strengths
+    residual = {s: Residual(direction=str(files["direction"]), strength=s, positions="action")
+                for s in (main_strength, -main_strength)}  # fmt: skip
     prompts = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": "quickly"}, {"kind": "prompt", "modifier": "slowly"}]
-    main = [*prompts, *residual.values(), *at_reach.values(),
+    main = [*prompts, *maps.values(), *residual.values(), *at_reach.values(),
             *(Concept(**neurons, concept=name) for name in ("fast", "slow", "up"))]  # the paper's rule: all layers
-    controls = [{"kind": "unsteered"}, *residual.values(), at_reach["fast"], at_reach["slow"],
+    controls = [{"kind": "unsteered"}, *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
+                *random_controls(maps["quickly"], n_controls), *random_controls(maps["slowly"], n_controls),
                 *random_controls(residual[main_strength], n_controls),
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
     ablations = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": LIFT},
-                 Residual(direction=str(lift), strength=main_strength, positions="action"),
-                 *(Residual(direction=str(direction), strength=sign * s, positions="action")
+                 Residual(direction=str(files["map_lift"]), strength=1.0, positions="action"),
+                 Residual(direction=str(files["direction_lift"]), strength=main_strength, positions="action"),
+                 *(Residual(direction=str(files["map_quickly"]), strength=s, positions="action") for s in (0.5, 2.0)),
+                 *(Residual(direction=str(files["direction"]), strength=sign * s, positions="action")
                    for s in other_strengths for sign in (1, -1)),
                  *(Concept(**{**neurons, "alpha": a}, concept="fast") for a in alphas if a != alpha),
                  *(Concept(**neurons, concept="fast", layers=layers) for layers in LAYER_GROUPS.values())]  # fmt: skip
@@ -66,7 +73,7 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alphas", type=float, nargs="+", default=[2, 4, 6, 8, 10, 20], help="alpha sweep")
     p.add_argument("--controls", type=int, default=20, help="random-neuron controls per concept")
     p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 1.0, 3.0],
-                   help="residual strengths, in multiples of the mean contrast (the largest is the main comparison)")
+                   help="residual strengths, in multiples of the mean contrast (the first is the main comparison)")
     p.add_argument("--control-seeds", type=int, default=3, help="seeds per task of the random-control sweep")
     p.add_argument("--parts", nargs="+", choices=["eval", "controls", "sweeps"], default=["eval", "controls", "sweeps"])
     p.add_argument("--workers", type=int)
@@ -78,22 +85,24 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(args.policy)
-    concepts_path, calib_path, dir_path = out / "concepts.yaml", out / "calibration.safetensors", out / "direction.safetensors"
-    found = write_concepts(policy, concepts_path, cache=out / "cache")
-    if not calib_path.exists() or not dir_path.exists():
+    files = {name: out / f"{name}.{'yaml' if name.startswith('concepts') else 'safetensors'}"
+             for name in ("concepts", "concepts_reach", "calibration", "direction", "direction_lift",
+                          "map_quickly", "map_slowly", "map_lift")}  # fmt: skip
+    found = write_concepts(policy, files["concepts"], cache=out / "cache")
+    if not all(files[k].exists() for k in ("calibration", "direction", "direction_lift")):
         items = observations(args.tasks, per_task=12)
-        write_calibration(policy, calib_path, items)
-        write_direction(policy, dir_path, "quickly", "slowly", items=items, positions="action", normalize=False,
-                        top_layers=1)  # fmt: skip
-    lift_path = out / "direction_lift.safetensors"
-    if not lift_path.exists():
-        write_direction(policy, lift_path, LIFT, "", items=observations(args.tasks, per_task=12), positions="action",
-                        normalize=False, top_layers=1, name="lift")  # fmt: skip
-    reach = list(ResidualDirection.load(dir_path).layers)  # where "quickly" / "slowly" reach the action queries
+        write_calibration(policy, files["calibration"], items)
+        for name, (positive, negative) in {"direction": ("quickly", "slowly"), "direction_lift": (LIFT, "")}.items():
+            write_direction(policy, files[name], positive, negative, items=items, positions="action", normalize=False,
+                            top_layers=1, name=name)  # fmt: skip
+    reach = list(ResidualDirection.load(files["direction"]).layers)  # where "quickly" / "slowly" reach the actions
+    if not all(files[f"map_{m}"].exists() for m in ("quickly", "slowly", "lift")):
+        items = observations(args.tasks, per_task=60, every=2, seed=100)  # a linear map wants more pairs
+        for m, modifier in {"quickly": "quickly", "slowly": "slowly", "lift": LIFT}.items():
+            write_map(policy, files[f"map_{m}"], modifier, layers=reach, items=items, name=f"map_{m}")
     found += [replace(c, name=f"{c.name} (layers {reach})")
-              for c in write_concepts(policy, out / "concepts_reach.yaml", cache=out / "cache", layers=reach)]
-    plan = sweeps(concepts_path, out / "concepts_reach.yaml", reach, calib_path, dir_path, lift_path, args.alpha,
-                  args.alphas, args.controls, args.strengths)  # fmt: skip
+              for c in write_concepts(policy, files["concepts_reach"], cache=out / "cache", layers=reach)]
+    plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)
     frames = None if args.no_video else "agentview"
     folders = []
     for part in args.parts:

@@ -35,7 +35,7 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
               "--seeds", "1", "--alphas", "4", "--controls", "1", "--strengths", "4", "--workers", "1", "--max-steps", "3")  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
     for name in ("concepts.yaml", "concepts_reach.yaml", "calibration.safetensors", "direction.safetensors",
-                 "direction_lift.safetensors", "sweeps/results.json",
+                 "direction_lift.safetensors", "map_quickly.safetensors", "map_lift.safetensors", "sweeps/results.json",
                  "eval.html", "controls.html", "sweeps.html", "eval/results.json", "controls/results.json"):
         assert (tmp_path / name).is_file(), name
     from arrcoc_steer.steering import ResidualDirection
@@ -44,8 +44,10 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
     assert len(reach) == 1  # the one layer where "quickly" - "slowly" is largest at the action queries
     main = (tmp_path / "eval" / "results.csv").read_text()
     assert "residual_direction_4_action" in main and "residual_direction_-4_action" in main
+    assert "residual_map_quickly_1_action" in main and "residual_map_slowly_1_action" in main
     assert f"concept_fast_clamp4cal_action_L{reach[0]}" in main and "concept_fast_clamp4cal," in main
     controls = (tmp_path / "controls" / "results.csv").read_text()
+    assert "random_residual_map_quickly_1_action_s0" in controls
     assert "random_residual_direction_4_action_s0" in controls and f"random_slow_clamp4cal_action_L{reach[0]}_s0" in controls
     ablations = (tmp_path / "sweeps" / "results.csv").read_text()
     assert "prompt_and_lift_it_high" in ablations and "residual_direction_lift_4_action" in ablations

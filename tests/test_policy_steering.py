@@ -1,3 +1,4 @@
+import numpy as np
 import pytest
 import torch
 
@@ -5,7 +6,7 @@ from arrcoc_steer.cli import parse_concept_spec
 from arrcoc_steer.errors import ConfigError
 from arrcoc_steer.models.minivla import MiniVLA
 from arrcoc_steer.policy_steering import (observations, with_modifier, write_calibration, write_concepts,
-                                         write_direction)
+                                         write_direction, write_map)
 from arrcoc_steer.steering import Calibration, ResidualDirection
 
 
@@ -52,6 +53,38 @@ def test_contrast_direction_differs_only_by_the_modifier(policy, items, tmp_path
         write_direction(policy, tmp_path / "e.safetensors", "quickly", "quickly", items=items)
 
 
+def test_a_map_per_action_query_runs_as_an_eval_condition(policy, items, tmp_path):
+    from arrcoc_steer.errors import SteeringError
+    from arrcoc_steer.eval.conditions import RandomDirection, Residual, Resources
+    from arrcoc_steer.steering import ResidualMap, Steerer
+
+    path = write_map(policy, tmp_path / "m.safetensors", "quickly", layers=[5], items=items)
+    fitted = ResidualMap.load(path)
+    assert fitted.positions == "action" and fitted.maps[5][0].shape == (7, 384, 384) and fitted.name == "quickly"
+    obs = items[0]["obs"]
+    with torch.no_grad():
+        plain = policy.predict_action(obs, items[0]["instruction"])
+        with Steerer(policy, fitted) as s:
+            steered = policy.predict_action(obs, items[0]["instruction"])
+    assert s.counts == {"quickly": 7} and not np.allclose(plain, steered)  # one edit per action query
+    condition = Residual(direction=str(path), strength=0.5, positions="action")
+    [made] = condition.interventions(policy, Resources())
+    assert isinstance(made, ResidualMap) and made.strength == 0.5
+    [control] = RandomDirection(**condition.steer_fields(), seed=0).interventions(policy, Resources())
+    assert control.maps[5][0].shape == (7, 384, 384) and not torch.equal(control.maps[5][0], fitted.maps[5][0])
+    with pytest.raises(ConfigError, match="fitted on 'action' positions; set positions='action'"):
+        Residual(direction=str(path)).interventions(policy, Resources())
+    with pytest.raises(ConfigError, match=r"the map has no layer in \(2,\)"):
+        Residual(direction=str(path), positions="action", layers=[2]).interventions(policy, Resources())
+    on_text = ResidualMap({5: fitted.maps[5]}, positions="text")  # 7 matrices, but not 7 text tokens
+    with pytest.raises(SteeringError, match="one matrix for each of 7 'text' positions"):
+        with Steerer(policy, on_text):
+            policy.predict_action(obs, "pick up the red block and put it in the tray")
+    assert not any(m._forward_hooks for m in policy.modules())  # nothing left attached
+    with pytest.raises(ConfigError, match="differ"):
+        write_map(policy, tmp_path / "n.safetensors", "quickly", "quickly", layers=[5], items=items)
+
+
 def test_concepts_are_found_and_written(policy, tmp_path):
     from arrcoc_steer.concepts import load_concepts
 
@@ -66,3 +99,17 @@ def test_concept_spec_parsing():
     assert parse_concept_spec("up=up") == ("up", ["up"], [])
     with pytest.raises(ConfigError, match="NAME=WORD"):
         parse_concept_spec("fast")
+
+
+def test_the_direction_command_writes_directions_and_maps(policy, tmp_path, capsys):
+    from arrcoc_steer.cli import main
+    from arrcoc_steer.steering import ResidualMap
+
+    policy.save_pretrained(tmp_path / "policy")
+    base = ["direction", "quickly", "slowly", "--policy", str(tmp_path / "policy"), "--per-task", "1", "--positions", "action"]
+    assert main([*base, "--raw", "--top-layers", "2", "--out", str(tmp_path / "d.safetensors")]) == 0
+    assert len(ResidualDirection.load(tmp_path / "d.safetensors").layers) == 2 and "layer: norm" in capsys.readouterr().out
+    assert main([*base, "--map", "--out", str(tmp_path / "m.safetensors")]) == 0
+    fitted = ResidualMap.load(tmp_path / "m.safetensors")
+    assert len(fitted.layers) == 1 and fitted.maps[fitted.layers[0]][0].shape == (7, 384, 384)
+    assert f"a map at layers [{fitted.layers[0]}], action positions" in capsys.readouterr().out

@@ -7,11 +7,11 @@ import pytest
 import torch
 
 from arrcoc_steer.concepts import ConceptSet, ModelRef
-from arrcoc_steer.errors import ConfigError, SteeringError
+from arrcoc_steer.errors import CheckpointError, ConfigError, SteeringError
 from arrcoc_steer.models import Adapter
 from arrcoc_steer.models.tiny import IMAGE_TOKEN, TINY_ARCHS, example_inputs, tiny_model
-from arrcoc_steer.steering import (Calibration, Intervention, ResidualDirection, Steerer, calibrate,
-                                   random_control, random_direction, steer)
+from arrcoc_steer.steering import (Calibration, Intervention, ResidualDirection, ResidualMap, Steerer, calibrate,
+                                   load_steer, random_control, random_direction, steer)
 
 BACKENDS = ["hooks", "nnsight"]
 
@@ -295,6 +295,90 @@ def test_random_direction_matches_norm_layers_and_strength_only():
     with torch.no_grad(), Steerer(model, control) as s:
         model(**x)
     assert s.counts == {"direction~random": 8}
+
+
+def _scaled_run(model, layer: int, factor: float):
+    """A runner whose ``{"x": inputs, "changed": bool}`` prompts scale block ``layer``'s output when changed."""
+    block = Adapter(model).module(f"layers.{layer}.resid_post")
+
+    def run(m, prompt):
+        if not prompt["changed"]:
+            return m(**prompt["x"])
+        h = block.register_forward_hook(lambda _m, _a, out: (out * factor if torch.is_tensor(out)
+                                                               else (out[0] * factor, *out[1:])), prepend=True)
+        try:
+            return m(**prompt["x"])
+        finally:
+            h.remove()
+
+    return run
+
+
+def test_residual_map_learns_a_state_dependent_change_and_reproduces_it(tmp_path):
+    model = tiny_model("llama")
+    inputs = [example_inputs(model, seed=s) for s in range(40)]
+    run = _scaled_run(model, 1, 1.5)  # the "modifier": block 1's output grows by half, state by state
+    fitted = ResidualMap.fit(model, [{"x": x, "changed": False} for x in inputs],
+                             [{"x": x, "changed": True} for x in inputs], [1], run=run, ridge=1e-3, name="grow")
+    a, b = fitted.maps[1]
+    assert a.shape == (1, Adapter(model).spec.d_model, Adapter(model).spec.d_model)
+    torch.testing.assert_close(torch.diagonal(a[0]), torch.full((a.shape[-1],), 0.5), atol=0.05, rtol=0)
+    fitted.save(tmp_path / "map.safetensors")
+    again = load_steer(tmp_path / "map.safetensors")
+    assert isinstance(again, ResidualMap) and again.name == "grow" and torch.equal(again.maps[1][0], a)
+    held_out = example_inputs(model, seed=99)
+
+    def after_block_1(prompt):  # read last, after every edit
+        seen = []
+        h = Adapter(model).module("layers.1.resid_post").register_forward_hook(
+            lambda _m, _a, out: seen.append(out if torch.is_tensor(out) else out[0]))
+        try:
+            run(model, prompt)
+        finally:
+            h.remove()
+        return seen[0]
+
+    with torch.no_grad():
+        want = after_block_1({"x": held_out, "changed": True})
+        plain = after_block_1({"x": held_out, "changed": False})
+        with Steerer(model, again) as s:
+            got = after_block_1({"x": held_out, "changed": False})
+        direction = ResidualDirection.from_contrast(model, [{"x": x, "changed": True} for x in inputs],
+                                                    [{"x": x, "changed": False} for x in inputs], [1], run=run)
+        with Steerer(model, direction):
+            shifted = after_block_1({"x": held_out, "changed": False})
+    assert s.counts == {"grow": 8}
+    # the map reproduces the change on an unseen prompt; the mean difference (a fixed vector) cannot
+    assert (got - want).norm() < 0.1 * (plain - want).norm()
+    assert (got - want).norm() < 0.5 * (shifted - want).norm()
+    with pytest.raises(CheckpointError, match="holds a residual map"):
+        ResidualDirection.load(tmp_path / "map.safetensors")
+
+
+def test_residual_map_errors_and_its_random_control():
+    d = 16
+    m = ResidualMap({2: (torch.randn(3, d, d), torch.randn(3, d))}, strength=0.5, positions="action", name="q")
+    rotated = random_direction(m, rng=1)
+    x = torch.randn(10, d)
+    for p in range(3):  # every activation moves as far as under the map, elsewhere
+        edit = x @ m.maps[2][0][p] + m.maps[2][1][p]
+        turned = x @ rotated.maps[2][0][p] + rotated.maps[2][1][p]
+        torch.testing.assert_close(turned.norm(dim=1), edit.norm(dim=1), rtol=1e-4, atol=1e-4)
+        assert not torch.allclose(turned, edit)
+    assert (rotated.strength, rotated.positions, rotated.name) == (0.5, "action", "q~random")
+    with pytest.raises(ConfigError, match=r"A must be \(p, d, d\) and b \(p, d\)"):
+        ResidualMap({0: (torch.randn(4, 5), torch.randn(4))})
+    with pytest.raises(ConfigError, match="NaN or inf"):
+        ResidualMap({0: (torch.full((4, 4), float("nan")), torch.zeros(4))})
+    model = tiny_model("llama")
+    with pytest.raises(ConfigError, match="paired prompts, got 2 source and 1 target"):
+        ResidualMap.fit(model, [example_inputs(model)] * 2, [example_inputs(model)], [0])
+    with pytest.raises(ConfigError, match="ridge must be > 0"):
+        ResidualMap.fit(model, [example_inputs(model)], [example_inputs(model)], [0], ridge=0)
+    with pytest.raises(SteeringError, match="map is 16-dimensional"):
+        Steerer(model, ResidualMap({0: (torch.zeros(d, d), torch.zeros(d))}))
+    with pytest.raises(ConfigError, match="Steerer takes Intervention, ResidualDirection or ResidualMap objects"):
+        Steerer(model, ["fast"])
 
 
 def test_steer_shorthand_clamps_a_concept():

@@ -12,7 +12,7 @@ kind               what it does
 ``prompt``         appends a modifier to the instruction ("... quickly"), the prompting baseline
 ``concept``        clamps / adds / scales the neurons of named concepts at every forward call
 ``random_control`` the same, on random neurons matched in number per layer (seeded)
-``residual``       adds a contrastive residual direction times ``strength``
+``residual``       adds a contrastive residual direction (or map) times ``strength``
 ``random_direction`` the same, along random directions of matched norm (seeded)
 ``closed_loop``    sets the strength of a concept / residual steer (or the policy's own knob)
                    at every step to hold a behaviour target (:mod:`arrcoc_steer.control`)
@@ -125,9 +125,10 @@ class Resources:
         return self._get(("calibration", path), lambda: Calibration.load(path))
 
     def direction(self, path: str):
-        from ..steering import ResidualDirection
+        """A residual direction or map file (:func:`arrcoc_steer.steering.load_steer`)."""
+        from ..steering import load_steer
 
-        return self._get(("direction", path), lambda: ResidualDirection.load(path))
+        return self._get(("direction", path), lambda: load_steer(path))
 
     def allocator(self, grid: RegionGrid, phase_aware: bool = True):
         from ..relevance import RelevanceAllocator, RelevanceConfig
@@ -374,7 +375,8 @@ class Residual(Condition):
 
     Attributes:
         direction: path of a direction file (:meth:`arrcoc_steer.steering.ResidualDirection.save`),
-            e.g. the mean of "... quickly" minus "... slowly".
+            e.g. the mean of "... quickly" minus "... slowly", or of a map file
+            (:meth:`arrcoc_steer.steering.ResidualMap.save`; ``positions`` must be those it was fitted on).
         strength: multiplier of the direction.
         positions: token positions acted on.
         layers: keep only these layers of the direction (None: all).
@@ -410,16 +412,27 @@ class Residual(Condition):
         steerable_model(policy)
 
     def interventions(self, policy: Policy, resources: Resources, alpha: float | None = None) -> list:
+        from ..steering import ResidualMap
+
         direction = resources.direction(self.direction)
+        strength = self.strength if alpha is None else alpha
+        name = direction.name or Path(self.direction).stem
+        if isinstance(direction, ResidualMap):
+            if self.positions != direction.positions:
+                raise ConfigError(f"condition {self.name!r}: {self.direction} is a map fitted on "
+                                  f"{direction.positions!r} positions; set positions={direction.positions!r}")
+            maps = {l: m for l, m in direction.maps.items() if self.layers is None or l in self.layers}
+            if not maps:
+                raise ConfigError(f"condition {self.name!r}: the map has no layer in {self.layers} "
+                                  f"(it has {list(direction.layers)})")
+            return [replace(direction, maps=maps, strength=strength, name=name)]
         vectors = direction.vectors
         if self.layers is not None:
             vectors = {l: v for l, v in vectors.items() if l in self.layers}
             if not vectors:
                 raise ConfigError(f"condition {self.name!r}: the direction has no layer in {self.layers} "
                                   f"(it has {sorted(direction.vectors)})")
-        strength = self.strength if alpha is None else alpha
-        return [replace(direction, vectors=vectors, strength=strength, positions=self.positions,
-                        name=direction.name or Path(self.direction).stem)]
+        return [replace(direction, vectors=vectors, strength=strength, positions=self.positions, name=name)]
 
     def runtime(self, policy, resources, *, seed, reference=None) -> Runtime:
         return _SteerRuntime(steerable_model(policy), self.interventions(policy, resources), None)
