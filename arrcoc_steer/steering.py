@@ -279,6 +279,25 @@ class ResidualMap:
             maps[l] = _ridge(xs[l], ys[l] - xs[l], ridge)
         return cls(maps, strength, positions, name or "map", ModelRef.of(adapter))
 
+    @torch.no_grad()
+    def score(self, model: nn.Module, source: Sequence, target: Sequence, *, run: Callable | None = None,
+              tokenizer=None) -> dict[int, torch.Tensor]:
+        """Per layer, the share of the change's variance the map explains on these pairs (R^2 per
+        position, ``(p,)``); score it on pairs it was not fitted on. 0: no better than the mean
+        change, i.e. than a :class:`ResidualDirection`."""
+        adapter = Adapter(model)
+        run = run or _default_runner(model, tokenizer)
+        per_position = next(iter(self.maps.values()))[0].shape[0] > 1
+        xs = _residuals(adapter, source, self.layers, self.positions, run, per_position)
+        ys = _residuals(adapter, target, self.layers, self.positions, run, per_position)
+        out = {}
+        for l, (a, b) in self.maps.items():
+            change = ys[l] - xs[l]
+            residual = change - (torch.einsum("npd,pde->npe", xs[l], a) + b)
+            spread = (change - change.mean(0)).pow(2).sum((0, 2)).clamp_min(1e-12)
+            out[l] = 1 - residual.pow(2).sum((0, 2)) / spread
+        return out
+
     def save(self, path: str | Path) -> None:
         from safetensors.torch import save_file
 

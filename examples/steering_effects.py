@@ -23,8 +23,9 @@ from pathlib import Path
 
 from arrcoc_steer.eval import Concept, Residual, evaluate, random_controls
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, load_policy
-from arrcoc_steer.policy_steering import observations, write_calibration, write_concepts, write_direction, write_map
-from arrcoc_steer.steering import ResidualDirection
+from arrcoc_steer.policy_steering import (observations, runner, with_modifier, write_calibration, write_concepts,
+                                         write_direction, write_map)
+from arrcoc_steer.steering import ResidualDirection, ResidualMap
 from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
 TASKS = ["LiftRedBlock", "PickRedBlockIntoTray", "PickLeftBlockIntoTray", "PutRedBlockOnPlate"]
@@ -100,6 +101,12 @@ def main(argv: list[str] | None = None) -> int:
         items = observations(args.tasks, per_task=60, every=2, seed=100)  # a linear map wants more pairs
         for m, modifier in {"quickly": "quickly", "slowly": "slowly", "lift": LIFT}.items():
             write_map(policy, files[f"map_{m}"], modifier, layers=reach, items=items, name=f"map_{m}")
+    held_out = observations(args.tasks, per_task=15, every=2, seed=900)
+    for m, modifier in {"quickly": "quickly", "slowly": "slowly", "lift": LIFT}.items():
+        source = [{**it, "instruction": with_modifier(it["instruction"], "")} for it in held_out]
+        target = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in held_out]
+        r2 = ResidualMap.load(files[f"map_{m}"]).score(policy, source, target, run=runner(64))
+        print(f"map {m!r}: held-out R^2 per action query", {l: [round(float(v), 3) for v in r] for l, r in r2.items()})
     found += [replace(c, name=f"{c.name} (layers {reach})")
               for c in write_concepts(policy, files["concepts_reach"], cache=out / "cache", layers=reach)]
     plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)

@@ -327,6 +327,10 @@ def test_residual_map_learns_a_state_dependent_change_and_reproduces_it(tmp_path
     again = load_steer(tmp_path / "map.safetensors")
     assert isinstance(again, ResidualMap) and again.name == "grow" and torch.equal(again.maps[1][0], a)
     held_out = example_inputs(model, seed=99)
+    fresh = [example_inputs(model, seed=s) for s in (101, 102)]
+    [r2] = again.score(model, [{"x": x, "changed": False} for x in fresh], [{"x": x, "changed": True} for x in fresh],
+                       run=run).values()  # fmt: skip
+    assert r2.shape == (1,) and r2.item() > 0.95  # a linear change, explained on pairs it never saw
 
     def after_block_1(prompt):  # read last, after every edit
         seen = []
