@@ -47,14 +47,14 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
     residual = {s: Residual(direction=str(files["direction"]), strength=s, positions="action")
                 for s in (main_strength, -main_strength)}  # fmt: skip
     prompts = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": "quickly"}, {"kind": "prompt", "modifier": "slowly"}]
+    lift = [{"kind": "prompt", "modifier": LIFT}, Residual(direction=str(files["map_lift"]), strength=1.0, positions="action")]
     main = [*prompts, *maps.values(), *residual.values(), *at_reach.values(),
-            *(Concept(**neurons, concept=name) for name in ("fast", "slow", "up"))]  # the paper's rule: all layers
+            *(Concept(**neurons, concept=name) for name in ("fast", "slow", "up")), *lift]  # concepts: all layers, the paper's rule
     controls = [{"kind": "unsteered"}, *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
                 *random_controls(maps["quickly"], n_controls), *random_controls(maps["slowly"], n_controls),
                 *random_controls(residual[main_strength], n_controls),
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
-    ablations = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": LIFT},
-                 Residual(direction=str(files["map_lift"]), strength=1.0, positions="action"),
+    ablations = [{"kind": "unsteered"},
                  Residual(direction=str(files["direction_lift"]), strength=main_strength, positions="action"),
                  *(Residual(direction=str(files["map_quickly"]), strength=s, positions="action") for s in (0.5, 2.0)),
                  *(Residual(direction=str(files["direction"]), strength=sign * s, positions="action")

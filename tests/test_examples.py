@@ -49,8 +49,8 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
     controls = (tmp_path / "controls" / "results.csv").read_text()
     assert "random_residual_map_quickly_1_action_s0" in controls
     assert "random_residual_direction_4_action_s0" in controls and f"random_slow_clamp4cal_action_L{reach[0]}_s0" in controls
-    ablations = (tmp_path / "sweeps" / "results.csv").read_text()
-    assert "prompt_and_lift_it_high" in ablations and "residual_direction_lift_4_action" in ablations
+    assert "prompt_and_lift_it_high" in main and "residual_map_lift_1_action" in main
+    assert "residual_direction_lift_4_action" in (tmp_path / "sweeps" / "results.csv").read_text()
 
 
 def test_closed_loop_vs_fixed_example_prints_the_comparison(tmp_path):
