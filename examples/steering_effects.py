@@ -55,7 +55,7 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
                 *random_controls(residual[main_strength], n_controls),
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
     ablations = [{"kind": "unsteered"},
-                 *(Residual(direction=str(files["map_lift"]), strength=s, positions="action") for s in (0.5,)),
+                 Residual(direction=str(files["map_lift"]), strength=0.5, positions="action"),
                  *(Residual(direction=str(files["map_quickly"]), strength=s, positions="action") for s in (0.5, 2.0)),
                  Residual(direction=str(files["direction_lift"]), strength=main_strength, positions="action"),
                  *(Residual(direction=str(files["direction"]), strength=sign * s, positions="action")
