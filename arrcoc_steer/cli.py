@@ -334,15 +334,24 @@ def _setup_report(p: argparse.ArgumentParser) -> None:
     p.add_argument("--markdown", action="store_true",
                    help="print the run's effects table as Markdown (for a README or an issue) instead")
     p.add_argument("--metrics", nargs="+", default=["speed_w", "peak_ee_z"], help="metrics of the Markdown table")
+    p.add_argument("--aggregate", action="store_true",
+                   help="recompute the statistics from the episodes (else read the run's results.json)")
 
 
 @command("report", "write the self-contained HTML report of a run folder", _setup_report)
 def cmd_report(args: argparse.Namespace) -> int:
     if args.markdown:
-        from .eval.sweep import RunFolder, aggregate
+        from pathlib import Path
 
-        manifest = RunFolder(args.run).read_manifest() or {}
-        print(aggregate(args.run, window=manifest.get("window", "min")).markdown(args.metrics))
+        from .eval.sweep import RunFolder, SweepResults, aggregate, load_results
+
+        if args.aggregate or not (Path(args.run) / "results.json").is_file():
+            manifest = RunFolder(args.run).read_manifest() or {}
+            results = aggregate(args.run, window=manifest.get("window", "min"))
+        else:  # what the last sweep call wrote
+            saved = load_results(args.run)
+            results = SweepResults(Path(args.run), [], saved["summary"], saved["windows"], saved["controls"])
+        print(results.markdown(args.metrics))
         return 0
     from .viz.report import ReportExtras, write_report
 

@@ -302,30 +302,38 @@ class SweepResults:
         random controls, its percentile among them; the controls themselves collapse into one row
         per steer (median and range of their effects)."""
         controlled = {c for entry in self.controls.values() for c in entry["controls"]}
+        if not metrics:
+            raise ConfigError("markdown() needs at least one metric")
         head = ["condition", *(f"{m} vs baseline (p, d)" for m in metrics), "success", "vs random controls"]
         lines = ["| " + " | ".join(head) + " |", "|" + "---|" * len(head)]
 
+        def number(x) -> float:  # results.json writes NaN as null
+            return float("nan") if x is None else float(x)
+
         def change(name: str, m: str) -> str:
             t = self.summary[name]["tasks"]["all"][m].get("vs_baseline")
-            if not t or t["pct_change"] != t["pct_change"]:
-                return f"{self.mean(name, m):.3g}"
-            return f"{t['pct_change']:+.1f}% ({t['wilcoxon_p']:.1g}, {t['cohens_dz']:+.2f})"
+            if not t or not math.isfinite(number(t["pct_change"])):
+                return f"{number(self.mean(name, m)):.3g}"
+            return f"{t['pct_change']:+.1f}% ({number(t['wilcoxon_p']):.1g}, {number(t['cohens_dz']):+.2f})"
+
+        def wins(name: str) -> int:
+            ok = self.summary[name]["tasks"]["all"]["success"]
+            return round(number(ok["mean"]) * ok["n"]) if ok["n"] else 0
 
         for name in self.summary:
             if name in controlled:
                 continue
-            ok = self.summary[name]["tasks"]["all"]["success"]
-            pct = self.controls.get(name, {}).get(metrics[0]) if metrics else None
-            versus = f"{pct['percentile']:.1f}th pct of {pct['n_controls']}" if pct else ""
-            cells = [name, *(change(name, m) for m in metrics), f"{round(ok['mean'] * ok['n'])}/{ok['n']}", versus]
+            pct = self.controls.get(name, {}).get(metrics[0])
+            versus = f"{number(pct['percentile']):.1f}th pct of {pct['n_controls']}" if pct else ""
+            n = self.summary[name]["tasks"]["all"]["success"]["n"]
+            cells = [name, *(change(name, m) for m in metrics), f"{wins(name)}/{n}", versus]
             lines.append("| " + " | ".join(cells) + " |")
             if pct:
-                effects = [self.effect(c, m)["pct_change"] for c in self.controls[name]["controls"] for m in metrics[:1]]
-                ctl = [c for c in self.controls[name]["controls"]]
-                wins = [self.summary[c]["tasks"]["all"]["success"] for c in ctl]
-                cells = [f"{len(ctl)} matched random controls", f"median {np.median(effects):+.1f}% "
-                         f"({min(effects):+.1f} .. {max(effects):+.1f})", *[""] * (len(metrics) - 1),
-                         f"{min(round(w['mean'] * w['n']) for w in wins)} .. {max(round(w['mean'] * w['n']) for w in wins)}", ""]  # fmt: skip
+                ctl = self.controls[name]["controls"]
+                effects = [number(self.effect(c, metrics[0])["pct_change"]) for c in ctl]
+                cells = [f"{len(ctl)} matched random controls",
+                         f"median {np.median(effects):+.1f}% ({min(effects):+.1f} .. {max(effects):+.1f})",
+                         *[""] * (len(metrics) - 1), f"{min(map(wins, ctl))} .. {max(map(wins, ctl))}", ""]  # fmt: skip
                 lines.append("| " + " | ".join(cells) + " |")
         return "\n".join(lines)
 

@@ -49,6 +49,8 @@ def test_a_sweep_writes_every_episode_and_pairs_the_statistics(tmp_path, capsys)
 
     main(["report", str(tmp_path), "--markdown", "--metrics", "speed_w", "success"])
     table = capsys.readouterr().out.splitlines()
+    main(["report", str(tmp_path), "--markdown", "--metrics", "speed_w", "success", "--aggregate"])
+    assert capsys.readouterr().out.splitlines() == table  # results.json holds what the episodes give
     assert table[0] == "| condition | speed_w vs baseline (p, d) | success vs baseline (p, d) | success | vs random controls |"
     quick_row = next(line for line in table if line.startswith("| prompt_quickly |"))
     assert f"| {quick['pct_change']:+.1f}% (" in quick_row and len(table) == 2 + len(CONDITIONS)
