@@ -2,8 +2,9 @@
 
 1. load MiniVLA and build (or load from cache) its neuron atlas;
 2. find the "fast", "slow" and "up" concepts from keywords and calibrate each neuron's scale;
+   fit a residual map from the plain instruction to "... quickly" where the word reaches the actions;
 3. run the unsteered policy, the prompt modifier, concept steering, a matched random-neuron
-   control and two visual-token budgets (uniform vs ARR-COC relevance) on the same seeds;
+   control, the map, and two visual-token budgets (uniform vs ARR-COC relevance) on the same seeds;
 4. print the effects table and write the HTML report (plots, videos, concept neurons, relevance).
 
     arrcoc-steer demo --out runs/demo
@@ -47,7 +48,22 @@ def prepare_steering(cfg: DemoConfig, policy, out: Path) -> tuple[Path, Path, li
     return concepts_path, calib_path, [(c, atlas) for c in concepts]
 
 
-def demo_conditions(cfg: DemoConfig, concepts_path: Path, calib_path: Path) -> list[dict]:
+def prepare_map(cfg: DemoConfig, policy, out: Path) -> Path:
+    """map_quickly.safetensors in ``out``: "quickly" as a residual map at the action queries, in the
+    layer where "quickly" - "slowly" is largest there (:func:`~arrcoc_steer.policy_steering.write_map`)."""
+    from .policy_steering import observations, write_direction, write_map
+    from .steering import ResidualDirection
+
+    path = out / "map_quickly.safetensors"
+    if not path.exists():
+        items = observations(cfg.tasks, per_task=60, every=2, seed=100)
+        reach = write_direction(policy, out / "direction.safetensors", "quickly", "slowly", items=items[::5],
+                                positions="action", normalize=False, top_layers=1)  # fmt: skip
+        write_map(policy, path, "quickly", layers=ResidualDirection.load(reach).layers, items=items, name="map_quickly")
+    return path
+
+
+def demo_conditions(cfg: DemoConfig, concepts_path: Path, calib_path: Path, map_path: Path) -> list[dict]:
     steer = {"kind": "concept", "concepts": str(concepts_path), "alpha": cfg.alpha, "unit": "calibrated",
              "calibration": str(calib_path), "mode": "clamp"}  # fmt: skip
     return [
@@ -57,6 +73,7 @@ def demo_conditions(cfg: DemoConfig, concepts_path: Path, calib_path: Path) -> l
         {**steer, "concept": "slow"},
         {**steer, "concept": "up"},
         {**steer, "concept": "fast", "kind": "random_control", "seed": 0},
+        {"kind": "residual", "direction": str(map_path), "positions": "action", "strength": 1.0},
         {"kind": "budget", "budget": cfg.budget, "allocator": "uniform"},
         {"kind": "budget", "budget": cfg.budget, "allocator": "relevance"},
     ]
@@ -99,17 +116,20 @@ def run_demo(cfg: DemoConfig) -> Path:
     concepts_path, calib_path, found = prepare_steering(cfg, policy, out)
     for concept, atlas in found:
         print(f"[{time.perf_counter() - t0:5.1f}s] concept {concept.name!r}: " + atlas.describe(*concept.neurons[0], k=5))
+    map_path = prepare_map(cfg, policy, out)
+    print(f"[{time.perf_counter() - t0:5.1f}s] residual map for 'quickly': {map_path}")
     previous = RunFolder(out / "eval").read_manifest()
     if previous is not None and previous.get("policy") != describe_policy(str(policy_path)):
         print(f"[{time.perf_counter() - t0:5.1f}s] the policy changed since the last demo: {out / 'eval'} starts afresh")
         shutil.rmtree(out / "eval")
-    results = evaluate(str(policy_path), list(cfg.tasks), demo_conditions(cfg, concepts_path, calib_path),
+    results = evaluate(str(policy_path), list(cfg.tasks), demo_conditions(cfg, concepts_path, calib_path, map_path),
                        seeds=cfg.seeds, out_dir=out / "eval", workers=cfg.workers, frames="agentview")  # fmt: skip
     print(results.format(["success", "speed_w", "peak_ee_z"]))
     extras = ReportExtras(
         title="arrcoc_steer demo: steering and visual budgets on MiniVLA",
         summary=f"Concept clamps at {cfg.alpha:g}x each neuron's calibrated scale, a matched random-neuron "
-        f"control, the prompt modifier, and a {cfg.budget}-token budget (uniform vs ARR-COC), "
+        f"control, the prompt modifier, a residual map that stands in for it, and a {cfg.budget}-token "
+        f"budget (uniform vs ARR-COC), "
         f"{cfg.seeds} seeds x {len(cfg.tasks)} tasks, against the unsteered policy on the same seeds.",
         concepts=[ConceptNeurons(c.name, c.keywords, [(l, n, atlas.tokens(l, n, k=6)) for l, n in c.neurons[:6]])
                   for c, atlas in found],  # fmt: skip

@@ -113,3 +113,16 @@ def test_the_direction_command_writes_directions_and_maps(policy, tmp_path, caps
     fitted = ResidualMap.load(tmp_path / "m.safetensors")
     assert len(fitted.layers) == 1 and fitted.maps[fitted.layers[0]][0].shape == (7, 384, 384)
     assert f"a map at layers [{fitted.layers[0]}], action positions" in capsys.readouterr().out
+
+
+def test_the_demo_fits_its_map_where_the_word_reaches_the_actions(policy, tmp_path):
+    from arrcoc_steer.demo import DemoConfig, demo_conditions, prepare_map
+    from arrcoc_steer.eval import condition_from_dict
+    from arrcoc_steer.steering import ResidualMap
+
+    cfg = DemoConfig(out=str(tmp_path), tasks=("LiftRedBlock",))
+    path = prepare_map(cfg, policy, tmp_path)
+    reach = ResidualDirection.load(tmp_path / "direction.safetensors").layers
+    assert ResidualMap.load(path).layers == reach and len(reach) == 1
+    conditions = [condition_from_dict(c) for c in demo_conditions(cfg, tmp_path / "c.yaml", tmp_path / "cal", path)]
+    assert "residual_map_quickly_1_action" in [c.name for c in conditions]
