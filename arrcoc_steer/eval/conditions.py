@@ -440,7 +440,8 @@ class Residual(Condition):
 
 @dataclass(frozen=True, kw_only=True)
 class RandomDirection(Residual):
-    """A :class:`Residual` steer along a random direction of the same norm per layer (seeded).
+    """A :class:`Residual` steer along a random direction of the same norm per layer (seeded); for
+    a map, its edits turned by a random rotation (:func:`arrcoc_steer.steering.random_direction`).
 
     Layers, strength and positions are kept, so the control differs from the real steer only in
     its direction. A random direction is sign-symmetric: controls at ``strength`` match the steer
@@ -459,8 +460,7 @@ class RandomDirection(Residual):
         return f"random_{super().default_name()}_s{self.seed}"
 
     def steer_fields(self) -> dict[str, Any]:
-        fields_ = {f.name: getattr(self, f.name) for f in fields(Residual) if f.name != "name"}
-        return {**fields_, "strength": abs(fields_["strength"])}
+        return {**super().steer_fields(), "strength": abs(self.strength)}
 
     def matches(self, residual: Condition) -> bool:
         """Whether this control is matched to ``residual`` (same steer up to sign, other direction)."""
