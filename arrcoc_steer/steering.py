@@ -302,7 +302,8 @@ class ResidualMap:
         from safetensors.torch import save_file
 
         meta = {"kind": "map", "strength": str(self.strength), "positions": self.positions, "name": self.name}
-        tensors = {f"layer.{l}.{k}": t.contiguous().cpu() for l, (a, b) in self.maps.items() for k, t in (("A", a), ("b", b))}
+        tensors = {f"layer.{l}.{k}": t.contiguous().cpu()
+                   for l, (a, b) in self.maps.items() for k, t in (("A", a), ("b", b))}
         save_file(tensors, str(path), meta)
 
     @classmethod

@@ -96,9 +96,10 @@ def main() -> None:
     neurons = tuple((l, n) for l in range(6) for n in range(0, 1000, 100))  # 10 per layer
     clamp = Intervention(neurons, alpha=2.0, name="clamp")
     at_actions = Intervention(neurons, alpha=2.0, positions="action", name="clamp@action")
-    d, g = MINILM["hidden_size"], torch.Generator().manual_seed(1)
-    rmap = ResidualMap({5: (torch.randn(policy.action_dim, d, d, generator=g) * 0.01, torch.zeros(policy.action_dim, d))},
-                       positions="action", name="map@action")  # fmt: skip
+    g = torch.Generator().manual_seed(1)
+    a, n = policy.action_dim, MINILM["hidden_size"]
+    rmap = ResidualMap({5: (torch.randn(a, n, n, generator=g) * 0.01, torch.zeros(a, n))}, positions="action",
+                       name="map@action")
     print(f"policy: BertPolicyStandIn ({source}), {seq} tokens per call, device {device}"
           f"{'' if device.type == 'cuda' else f', {torch.get_num_threads()} threads'}; steer: 10 neurons x 6 layers")
 

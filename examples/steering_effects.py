@@ -42,14 +42,16 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
                    mode="clamp", alpha=alpha)  # fmt: skip
     at_reach = {name: Concept(**{**neurons, "concepts": str(files["concepts_reach"])}, concept=name, positions="action",
                               layers=reach) for name in ("fast", "slow", "up")}  # fmt: skip
-    maps = {m: Residual(direction=str(files[f"map_{m}"]), strength=1.0, positions="action") for m in ("quickly", "slowly")}
+    maps = {m: Residual(direction=str(files[f"map_{m}"]), strength=1.0, positions="action")
+            for m in ("quickly", "slowly")}  # fmt: skip
     main_strength, *other_strengths = strengths
     residual = {s: Residual(direction=str(files["direction"]), strength=s, positions="action")
                 for s in (main_strength, -main_strength)}  # fmt: skip
-    prompts = [{"kind": "unsteered"}, {"kind": "prompt", "modifier": "quickly"}, {"kind": "prompt", "modifier": "slowly"}]
-    lift = [{"kind": "prompt", "modifier": LIFT}, Residual(direction=str(files["map_lift"]), strength=1.0, positions="action")]
-    main = [*prompts, *maps.values(), *residual.values(), *at_reach.values(),
-            *(Concept(**neurons, concept=name) for name in ("fast", "slow", "up")), *lift]  # concepts: all layers, the paper's rule
+    prompts = [{"kind": "unsteered"}, *({"kind": "prompt", "modifier": m} for m in ("quickly", "slowly"))]
+    lift = [{"kind": "prompt", "modifier": LIFT},
+            Residual(direction=str(files["map_lift"]), strength=1.0, positions="action")]
+    all_layers = [Concept(**neurons, concept=name) for name in ("fast", "slow", "up")]  # the paper's rule
+    main = [*prompts, *maps.values(), *residual.values(), *at_reach.values(), *all_layers, *lift]
     controls = [{"kind": "unsteered"}, *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
                 *random_controls(maps["quickly"], n_controls), *random_controls(maps["slowly"], n_controls),
                 *random_controls(residual[main_strength], n_controls),

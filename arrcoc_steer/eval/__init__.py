@@ -43,7 +43,8 @@ from .sweep import SEED_BASE, RunFolder, SweepResults, aggregate, evaluate, fres
 
 __all__ = [
     "evaluate", "aggregate", "load_results", "SweepResults", "RunFolder", "fresh_seeds", "resolve_tasks", "SEED_BASE",
-    "Condition", "Unsteered", "Prompt", "Concept", "RandomControl", "Residual", "RandomDirection", "ClosedLoop", "Budget", "KINDS",
+    "Condition", "Unsteered", "Prompt", "Concept", "RandomControl", "Residual", "RandomDirection", "ClosedLoop",
+    "Budget", "KINDS",
     "make_condition", "as_condition", "condition_from_dict", "load_conditions", "save_conditions",
     "alpha_grid", "random_controls",
     "Policy", "ExpertPolicy", "FunctionPolicy", "as_policy", "load_policy",

@@ -765,7 +765,8 @@ def alpha_grid(concept: Concept, alphas: Iterable[float]) -> list[Concept]:
     return [replace(concept, alpha=float(a), name="") for a in alphas]
 
 
-def random_controls(steer: Concept | Residual, n: int = 20, first_seed: int = 0) -> list[RandomControl | RandomDirection]:
+def random_controls(steer: Concept | Residual, n: int = 20,
+                    first_seed: int = 0) -> list[RandomControl | RandomDirection]:
     """``n`` matched random controls (seeds ``first_seed ..``; >= 20 for a percentile): random neurons
     for a :class:`Concept`, random directions of the same norm for a :class:`Residual`."""
     if type(steer) is Residual:
