@@ -269,14 +269,8 @@ class ResidualMap:
         adapter = Adapter(model)
         layers = [adapter.spec.check_layer(l) for l in layers]
         run = run or _default_runner(model, tokenizer)
-        xs = _residuals(adapter, source, layers, positions, run, per_position)
-        ys = _residuals(adapter, target, layers, positions, run, per_position)
-        maps = {}
-        for l in layers:
-            if xs[l].shape != ys[l].shape:
-                raise SteeringError(f"ResidualMap.fit: layer {l} chose {tuple(xs[l].shape)} source and "
-                                    f"{tuple(ys[l].shape)} target positions; the pairs must match")
-            maps[l] = _ridge(xs[l], ys[l] - xs[l], ridge)
+        pairs = _paired_residuals(adapter, source, target, layers, positions, run, per_position)
+        maps = {l: _ridge(x, change, ridge) for l, (x, change) in pairs.items()}
         return cls(maps, strength, positions, name or "map", ModelRef.of(adapter))
 
     @torch.no_grad()
@@ -288,12 +282,11 @@ class ResidualMap:
         adapter = Adapter(model)
         run = run or _default_runner(model, tokenizer)
         per_position = next(iter(self.maps.values()))[0].shape[0] > 1
-        xs = _residuals(adapter, source, self.layers, self.positions, run, per_position)
-        ys = _residuals(adapter, target, self.layers, self.positions, run, per_position)
+        pairs = _paired_residuals(adapter, source, target, self.layers, self.positions, run, per_position)
         out = {}
         for l, (a, b) in self.maps.items():
-            change = ys[l] - xs[l]
-            residual = change - (torch.einsum("npd,pde->npe", xs[l], a) + b)
+            x, change = pairs[l]
+            residual = change - (torch.einsum("npd,pde->npe", x, a) + b)
             spread = (change - change.mean(0)).pow(2).sum((0, 2)).clamp_min(1e-12)
             out[l] = 1 - residual.pow(2).sum((0, 2)) / spread
         return out
@@ -483,8 +476,8 @@ class Steerer:
 
     Args:
         model: any model the adapters map (a transformers model, MiniVLA, a stand-in).
-        interventions: :class:`Intervention` / :class:`ResidualDirection` / :class:`ResidualMap` objects (one or a list;
-            several concepts at once are several interventions).
+        interventions: :class:`Intervention` / :class:`ResidualDirection` / :class:`ResidualMap`
+            objects (one or a list; several concepts at once are several interventions).
         calibration: needed by ``unit="calibrated"`` interventions.
         backend: ``"hooks"`` (torch forward hooks; fastest, default) or ``"nnsight"`` (a persistent
             ``Envoy.edit`` on the block list's parent, replayed on each of its calls).
@@ -713,7 +706,6 @@ class _Edit:
             if len(op.masked) > 64:
                 op.masked = [torch.stack(op.masked).sum()]
         return x
-
 
     def _map(self, op: _Op, x: torch.Tensor) -> None:
         """x[chosen] += x[chosen] @ A + b, with one (A, b) per chosen position of each row when p > 1."""
@@ -967,6 +959,18 @@ def _residuals(adapter: Adapter, prompts, layers, positions, run, per_position: 
     if not all(rows.values()) or not all(sum(len(r) for r in v) for v in rows.values()):
         raise SteeringError(f"ResidualMap.fit saw no {positions!r} positions in its prompts")
     return {l: torch.cat(v) for l, v in rows.items()}
+
+
+def _paired_residuals(adapter: Adapter, source, target, layers, positions, run,
+                      per_position: bool) -> dict[int, tuple[torch.Tensor, torch.Tensor]]:
+    """Per layer, the source activations and their change under the target prompts, pair by pair."""
+    xs = _residuals(adapter, source, layers, positions, run, per_position)
+    ys = _residuals(adapter, target, layers, positions, run, per_position)
+    for l in layers:
+        if xs[l].shape != ys[l].shape:
+            raise SteeringError(f"ResidualMap: layer {l} chose {tuple(xs[l].shape)} source and "
+                                f"{tuple(ys[l].shape)} target positions; the pairs must match")
+    return {l: (xs[l], ys[l] - xs[l]) for l in layers}
 
 
 def _default_runner(model: nn.Module, tokenizer) -> Callable:

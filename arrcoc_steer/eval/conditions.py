@@ -351,8 +351,7 @@ class RandomControl(Concept):
 
     def _validate(self) -> None:
         super()._validate()
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"RandomControl.seed must be an int >= 0, got {self.seed!r}")
+        _seed("RandomControl", self.seed)
 
     def default_name(self) -> str:
         return f"random_{self.steer_label()}_s{self.seed}"
@@ -453,8 +452,7 @@ class RandomDirection(Residual):
 
     def _validate(self) -> None:
         super()._validate()
-        if isinstance(self.seed, bool) or not isinstance(self.seed, int) or self.seed < 0:
-            raise ConfigError(f"RandomDirection.seed must be an int >= 0, got {self.seed!r}")
+        _seed("RandomDirection", self.seed)
 
     def default_name(self) -> str:
         return f"random_{super().default_name()}_s{self.seed}"
@@ -472,6 +470,11 @@ class RandomDirection(Residual):
         from ..steering import random_direction
 
         return [random_direction(d, self.seed) for d in super().interventions(policy, resources, alpha)]
+
+
+def _seed(owner: str, seed) -> None:
+    if isinstance(seed, bool) or not isinstance(seed, int) or seed < 0:
+        raise ConfigError(f"{owner}.seed must be an int >= 0, got {seed!r}")
 
 
 class _SteerRuntime(Runtime):
