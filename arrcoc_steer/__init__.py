@@ -25,6 +25,8 @@ _EXPORTS = {
     "NeuronAtlas": "arrcoc_steer.atlas",
     "ConceptSet": "arrcoc_steer.concepts",
     "find_concept": "arrcoc_steer.concepts",
+    "ActionReadout": "arrcoc_steer.readout",
+    "find_action_concept": "arrcoc_steer.concepts",
     "load_concepts": "arrcoc_steer.concepts",
     "save_concepts": "arrcoc_steer.concepts",
     # steer

@@ -5,6 +5,7 @@
     arrcoc-steer train --data data/demos   behaviour-clone MiniVLA
     arrcoc-steer atlas --search fast       the neuron atlas of the policy
     arrcoc-steer concepts fast=fast,quick/slow   concept neurons -> concepts.yaml
+    arrcoc-steer concepts fast slow --action     ... found by the action bins they move instead
     arrcoc-steer direction quickly slowly  a contrastive residual direction
     arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
     arrcoc-steer sweep sweep.yaml          the same, from a YAML file
@@ -139,10 +140,16 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 def _setup_concepts(p: argparse.ArgumentParser) -> None:
     p.add_argument("specs", nargs="+", metavar="NAME=WORD[,WORD][/AGAINST[,AGAINST]]",
-                   help="e.g. fast=fast,quick/slow slow=slow,slowly/fast up=up,upward/down")  # fmt: skip
+                   help="e.g. fast=fast,quick/slow slow=slow,slowly/fast up=up,upward/down; with --action, "
+                        "action meanings: fast slow up down open close")  # fmt: skip
+    p.add_argument("--action", action="store_true",
+                   help="rank neurons by the action bins they move through the policy's head (an action readout on "
+                        "scripted-expert observations) instead of by the words their value vectors point at")  # fmt: skip
+    p.add_argument("--readout", help="with --action: readout file to reuse, or to write when missing "
+                   "(default: next to --out)")  # fmt: skip
     p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
     p.add_argument("--cache", default=ATLAS_CACHE, help="atlas cache folder (default: %(default)s)")
-    p.add_argument("--top-n", type=int, default=10, help="neurons per concept (default: %(default)s)")
+    p.add_argument("--top-n", type=int, help="neurons per concept (default: 10 from words, 20 with --action)")
     p.add_argument("--layers", type=int, nargs="+", help="only these layers")
     p.add_argument("--out", default="concepts.yaml", help="concept dictionary to write (default: %(default)s)")
     p.add_argument("--calibration", help="also write each neuron's activation scale here (.safetensors), "
@@ -165,12 +172,22 @@ def parse_concept_spec(spec: str) -> tuple[str, list[str], list[str]]:
 def cmd_concepts(args: argparse.Namespace) -> int:
     from .atlas import NeuronAtlas
     from .models.minivla import load_policy
-    from .policy_steering import write_calibration, write_concepts
+    from .policy_steering import write_action_concepts, write_calibration, write_concepts
 
     policy = load_policy(args.policy)
+    if args.action:
+        from pathlib import Path
+
+        readout = args.readout or Path(args.out).with_suffix(".readout.safetensors")
+        for concept in write_action_concepts(policy, args.out, args.specs, readout=readout, top_n=args.top_n or 20,
+                                             layers=args.layers):  # fmt: skip
+            print(f"{concept.name}: {len(concept.neurons)} neurons, {concept.meaning}")
+            print("  " + ", ".join(f"L{l} N{n} ({s:.2f})" for (l, n), s in zip(concept.neurons[:8], concept.scores)))
+        print(f"wrote {args.out} (readout: {readout})")
+        return 0
     atlas = NeuronAtlas.build(policy, cache=args.cache)
     specs = {name: (words, against) for name, words, against in map(parse_concept_spec, args.specs)}
-    for concept in write_concepts(policy, args.out, specs, atlas=atlas, top_n=args.top_n, layers=args.layers):
+    for concept in write_concepts(policy, args.out, specs, atlas=atlas, top_n=args.top_n or 10, layers=args.layers):
         print(f"{concept.name}: {len(concept.neurons)} neurons in layers {list(concept.layers)}")
         for layer, neuron in concept.neurons[:5]:
             print("  " + atlas.describe(layer, neuron, k=6))

@@ -15,6 +15,11 @@ neurons whose value vectors promote a concept's words, grouped by semantic align
    the other's ``cluster_k`` nearest (mutual kNN) with cosine >= ``cluster_threshold``; the
    connected components are the concept's clusters (neurons writing the same direction).
 
+:func:`find_action_concept` is the same search through a policy's action head rather than its
+token basis: neurons ranked by the action bins they actually move (an
+:class:`~arrcoc_steer.readout.ActionReadout`) against what a word means for an action
+(:data:`ACTION_MEANINGS`: "fast" = bins far from zero on the translation axes, "up" = positive dz...).
+
 A :class:`ConceptSet` keeps its provenance (keywords, expansion, scores, layers, the model's layout
 and weights hash) and round-trips through YAML, including the paper's flat-index form
 (``flat = layer * d_ff + neuron``) so published neuron dictionaries load.
@@ -26,6 +31,7 @@ import difflib
 from collections.abc import Iterable, Mapping
 from dataclasses import dataclass, replace
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 import torch
 from torch import nn
@@ -33,6 +39,9 @@ from torch import nn
 from .atlas import NeuronAtlas
 from .errors import ConfigError, SteeringError, UnknownNameError
 from .models.adapters import Adapter, ModelSpec
+
+if TYPE_CHECKING:
+    from .readout import ActionReadout
 
 FORMAT = "arrcoc-concepts/1"
 
@@ -78,6 +87,7 @@ class ConceptSet:
     against: tuple[str, ...] = ()
     expanded: tuple[tuple[str, float], ...] = ()  # (word, similarity to its keyword)
     model: ModelRef | None = None
+    meaning: str = ""  # for concepts found through an action readout: the action profile matched
 
     def __post_init__(self):
         neurons = tuple((int(l), int(n)) for l, n in self.neurons)
@@ -133,6 +143,8 @@ class ConceptSet:
             data["against"] = list(self.against)
         if self.expanded:
             data["expanded"] = {w: round(s, 4) for w, s in self.expanded}
+        if self.meaning:
+            data["meaning"] = self.meaning
         if flat:
             data["d_ff"] = _d_ff(self, None)
             data["flat"] = self.flat()
@@ -171,7 +183,7 @@ class ConceptSet:
                    clusters=tuple(tuple(c) for c in data.get("clusters", ())),
                    keywords=tuple(data.get("keywords", ())), against=tuple(data.get("against", ())),
                    expanded=tuple((str(w), float(s)) for w, s in data.get("expanded", {}).items()),
-                   model=model)
+                   model=model, meaning=str(data.get("meaning", "")))
 
 
 def save_concepts(path: str | Path, concepts: Iterable[ConceptSet] | Mapping[str, ConceptSet],
@@ -260,6 +272,102 @@ def find_concept(atlas: NeuronAtlas, keywords: str | Iterable[str], model: nn.Mo
     return ConceptSet(name=name or keywords[0], neurons=neurons, scores=tuple(h.score for h in hits),
                       clusters=cluster_vectors(values, cluster_k, threshold), keywords=keywords,
                       against=against, expanded=expanded, model=ModelRef.of(atlas))
+
+
+@dataclass(frozen=True)
+class ActionMeaning:
+    """What a word means for an action: a profile over the bins' values at some action dimensions.
+
+    ``profile``: ``"magnitude"`` (``|value|``: bins far from zero, a long move either way) or
+    ``"value"`` (the signed value: one direction); ``sign`` -1 asks for the opposite (bins near
+    zero, or the negative direction).
+    """
+
+    profile: str
+    dims: tuple[int, ...]
+    sign: int = 1
+
+    def __post_init__(self):
+        if self.profile not in ("magnitude", "value"):
+            raise ConfigError(f"ActionMeaning.profile must be 'magnitude' or 'value', got {self.profile!r}")
+        if self.sign not in (1, -1) or not self.dims:
+            raise ConfigError(f"ActionMeaning needs sign +1 or -1 and at least one dim, got {self.sign}, {self.dims}")
+        object.__setattr__(self, "dims", tuple(int(d) for d in self.dims))
+
+    def target(self, values: torch.Tensor) -> torch.Tensor:
+        """``(n_bins,)`` the logit profile this meaning asks for, given each bin's action value."""
+        return self.sign * (values.abs() if self.profile == "magnitude" else values)
+
+    def describe(self) -> str:
+        what = "|value|" if self.profile == "magnitude" else "value"
+        return f"{'+' if self.sign > 0 else '-'}{what} at action dims {list(self.dims)}"
+
+
+# Action words, in the 7-D convention of MiniVLA and LIBERO: dx dy dz droll dpitch dyaw gripper (+1 closes).
+ACTION_MEANINGS = {
+    "fast": ActionMeaning("magnitude", (0, 1, 2)),
+    "slow": ActionMeaning("magnitude", (0, 1, 2), -1),
+    "up": ActionMeaning("value", (2,)),
+    "down": ActionMeaning("value", (2,), -1),
+    "close": ActionMeaning("value", (6,)),
+    "open": ActionMeaning("value", (6,), -1),
+}
+
+
+@torch.no_grad()
+def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, model: nn.Module | Adapter, *,
+                        name: str | None = None, top_n: int = 20, layers: Iterable[int] | None = None,
+                        cluster_k: int = 3, cluster_threshold: float | None = None) -> ConceptSet:  # fmt: skip
+    """The ``top_n`` neurons whose action profile best matches ``meaning``.
+
+    A neuron's score is the cosine between its logit change over the bins of every action query
+    (its action profile from ``readout``, centred per query: a shift of all of a query's logits
+    moves nothing) and the meaning's target profile, which is zero at the queries the meaning does
+    not name: "fast" asks for long moves *and* an untouched gripper (a concept that also opened the
+    hand would drop every block). The readout's counterpart of the atlas's cosine score; scale-free,
+    so it says which bins a neuron moves, not how far (the strength is the intervention's alpha).
+    Only layers the readout was measured at are searched.
+
+    Args:
+        readout: the policy's :class:`~arrcoc_steer.readout.ActionReadout`.
+        meaning: a key of :data:`ACTION_MEANINGS` ("fast", "slow", "up", ...) or an :class:`ActionMeaning`.
+        model: the model the readout was measured on.
+        name: the concept's name (default: the meaning's key).
+        top_n: neurons kept (those with a positive score).
+        layers: restrict to these of the readout's layers.
+        cluster_k, cluster_threshold: as in :func:`find_concept`.
+    """
+    if isinstance(meaning, str):
+        if meaning not in ACTION_MEANINGS:
+            raise UnknownNameError("action meaning", meaning, sorted(ACTION_MEANINGS))
+        name, meaning = name or meaning, ACTION_MEANINGS[meaning]
+    adapter = model if isinstance(model, Adapter) else Adapter(model)
+    if max(meaning.dims) >= readout.n_positions or min(meaning.dims) < 0:
+        raise ConfigError(f"{meaning.describe()}: the readout has {readout.n_positions} action dims "
+                          f"(0..{readout.n_positions - 1})")  # fmt: skip
+    searched = readout.layers if layers is None else tuple(adapter.spec.check_layer(l) for l in layers)
+    missing = sorted(set(searched) - set(readout.layers))
+    if missing:
+        raise SteeringError(f"the readout was measured at layers {list(readout.layers)}, not {missing}")
+    target = torch.zeros(readout.n_positions, len(readout.values))
+    target[list(meaning.dims)] = meaning.target(readout.values)
+    target = (target - target.mean(-1, keepdim=True)).flatten()
+    target = target / target.norm()
+    scores = torch.zeros(adapter.spec.n_layers, adapter.spec.d_ff)
+    for layer in searched:
+        profile = readout.profiles(adapter, layer)  # (F, p, n_bins)
+        profile = (profile - profile.mean(-1, keepdim=True)).flatten(1)
+        scores[layer] = (profile @ target) / profile.norm(dim=-1).clamp_min(1e-12)
+    flat = scores.flatten()
+    best = flat.topk(min(top_n, int((flat > 0).sum())))
+    neurons = tuple(divmod(int(i), adapter.spec.d_ff) for i in best.indices)
+    values = torch.stack([adapter.value_vectors(l)[n].float() for l, n in neurons]) if neurons \
+        else torch.zeros(0, adapter.spec.d_model)
+    threshold = cluster_threshold if cluster_threshold is not None else 3 / adapter.spec.d_model ** 0.5
+    return ConceptSet(name=name or meaning.describe(), neurons=neurons, scores=tuple(best.values.tolist()),
+                      clusters=cluster_vectors(values, cluster_k, threshold), keywords=(name,) if name else (),
+                      model=ModelRef.of(adapter), meaning=f"{meaning.describe()}, read through the action head at "
+                      f"layers {list(searched)} ({readout.n_states} states)")  # fmt: skip
 
 
 def cluster_vectors(vectors: torch.Tensor, k: int = 3, threshold: float = 0.2) -> tuple[tuple[int, ...], ...]:

@@ -1,10 +1,11 @@
 """The whole loop on the shipped policy, in a few minutes on a laptop CPU.
 
 1. load MiniVLA and build (or load from cache) its neuron atlas;
-2. find the "fast", "slow" and "up" concepts from keywords and calibrate each neuron's scale;
+2. find the "fast", "slow" and "up" concepts from keywords, and "fast" / "slow" again by the action
+   bins their neurons move through the policy's head; calibrate each neuron's scale;
    fit a residual map from the plain instruction to "... quickly" where the word reaches the actions;
-3. run the unsteered policy, the prompt modifier, concept steering, a matched random-neuron
-   control, the map, and two visual-token budgets (uniform vs ARR-COC relevance) on the same seeds;
+3. run the unsteered policy, the prompt modifier, concept steering (both kinds), a matched
+   random-neuron control, the map, and two visual-token budgets (uniform vs ARR-COC relevance) on the same seeds;
 4. print the effects table and write the HTML report (plots, videos, concept neurons, relevance).
 
     arrcoc-steer demo --out runs/demo
@@ -30,22 +31,27 @@ class DemoConfig:
     tasks: tuple[str, ...] = option(("LiftRedBlock", "PickRedBlockIntoTray"), "tasks to run")
     seeds: int = option(4, "fresh seeds per task and condition")
     alpha: float = option(4.0, "concept clamp strength, in multiples of each neuron's 99th-percentile activation")
+    action_alpha: float = option(2.0, "the same for the concepts found through the action head")
     top_n: int = option(10, "neurons per concept")
     budget: int = option(64, "the small visual budget compared with the policy's full 400 tokens")
     workers: int | None = option(None, "processes (default: all cores)")
 
 
 def prepare_steering(cfg: DemoConfig, policy, out: Path) -> tuple[Path, Path, list]:
-    """Atlas -> concepts.yaml and calibration.safetensors in ``out``; returns them and the concepts."""
+    """Atlas -> concepts.yaml (from keywords), concepts_action.yaml (through the action readout) and
+    calibration.safetensors in ``out``; returns the calibration and the concepts."""
     from .atlas import NeuronAtlas
-    from .policy_steering import observations, write_calibration, write_concepts
+    from .policy_steering import observations, write_action_concepts, write_calibration, write_concepts
 
     atlas = NeuronAtlas.build(policy, cache=out / "cache", progress=False)
-    concepts_path, calib_path = out / "concepts.yaml", out / "calibration.safetensors"
-    concepts = write_concepts(policy, concepts_path, atlas=atlas, top_n=cfg.top_n)
+    calib_path = out / "calibration.safetensors"
+    concepts = write_concepts(policy, out / "concepts.yaml", atlas=atlas, top_n=cfg.top_n)
+    items = observations(cfg.tasks, per_task=12)
+    action = write_action_concepts(policy, out / "concepts_action.yaml", ("fast", "slow"), items=items,
+                                   readout=out / "readout.safetensors", budget=cfg.budget)  # fmt: skip
     if not calib_path.exists():
-        write_calibration(policy, calib_path, observations(cfg.tasks, per_task=12), budget=cfg.budget)
-    return concepts_path, calib_path, [(c, atlas) for c in concepts]
+        write_calibration(policy, calib_path, items, budget=cfg.budget)
+    return calib_path, [(c, atlas) for c in concepts], action
 
 
 def prepare_map(cfg: DemoConfig, policy, out: Path) -> Path:
@@ -63,9 +69,10 @@ def prepare_map(cfg: DemoConfig, policy, out: Path) -> Path:
     return path
 
 
-def demo_conditions(cfg: DemoConfig, concepts_path: Path, calib_path: Path, map_path: Path) -> list[dict]:
-    steer = {"kind": "concept", "concepts": str(concepts_path), "alpha": cfg.alpha, "unit": "calibrated",
+def demo_conditions(cfg: DemoConfig, out: Path, calib_path: Path, map_path: Path) -> list[dict]:
+    steer = {"kind": "concept", "concepts": str(out / "concepts.yaml"), "alpha": cfg.alpha, "unit": "calibrated",
              "calibration": str(calib_path), "mode": "clamp"}  # fmt: skip
+    action = {**steer, "concepts": str(out / "concepts_action.yaml"), "alpha": cfg.action_alpha, "positions": "action"}
     return [
         {"kind": "unsteered"},
         {"kind": "prompt", "modifier": "quickly"},
@@ -73,6 +80,8 @@ def demo_conditions(cfg: DemoConfig, concepts_path: Path, calib_path: Path, map_
         {**steer, "concept": "slow"},
         {**steer, "concept": "up"},
         {**steer, "concept": "fast", "kind": "random_control", "seed": 0},
+        {**action, "concept": "fast", "name": f"action_fast_clamp{cfg.action_alpha:g}cal"},
+        {**action, "concept": "slow", "name": f"action_slow_clamp{cfg.action_alpha:g}cal"},
         {"kind": "residual", "direction": str(map_path), "positions": "action", "strength": 1.0},
         {"kind": "budget", "budget": cfg.budget, "allocator": "uniform"},
         {"kind": "budget", "budget": cfg.budget, "allocator": "relevance"},
@@ -113,22 +122,24 @@ def run_demo(cfg: DemoConfig) -> Path:
     policy_path = Path(cfg.policy) if cfg.policy else DEFAULT_CHECKPOINT
     policy = load_policy(policy_path)
     print(f"[{time.perf_counter() - t0:5.1f}s] policy {policy_path}")
-    concepts_path, calib_path, found = prepare_steering(cfg, policy, out)
+    calib_path, found, action = prepare_steering(cfg, policy, out)
     for concept, atlas in found:
         print(f"[{time.perf_counter() - t0:5.1f}s] concept {concept.name!r}: " + atlas.describe(*concept.neurons[0], k=5))
+    for concept in action:
+        print(f"[{time.perf_counter() - t0:5.1f}s] concept {concept.name!r} through the action head: {concept.meaning}")
     map_path = prepare_map(cfg, policy, out)
     print(f"[{time.perf_counter() - t0:5.1f}s] residual map for 'quickly': {map_path}")
     previous = RunFolder(out / "eval").read_manifest()
     if previous is not None and previous.get("policy") != describe_policy(str(policy_path)):
         print(f"[{time.perf_counter() - t0:5.1f}s] the policy changed since the last demo: {out / 'eval'} starts afresh")
         shutil.rmtree(out / "eval")
-    results = evaluate(str(policy_path), list(cfg.tasks), demo_conditions(cfg, concepts_path, calib_path, map_path),
+    results = evaluate(str(policy_path), list(cfg.tasks), demo_conditions(cfg, out, calib_path, map_path),
                        seeds=cfg.seeds, out_dir=out / "eval", workers=cfg.workers, frames="agentview")  # fmt: skip
     print(results.format(["success", "speed_w", "peak_ee_z"]))
     extras = ReportExtras(
         title="arrcoc_steer demo: steering and visual budgets on MiniVLA",
-        summary=f"Concept clamps at {cfg.alpha:g}x each neuron's calibrated scale, a matched random-neuron "
-        f"control, the prompt modifier, a residual map that stands in for it, and a {cfg.budget}-token "
+        summary=f"Concept clamps at {cfg.alpha:g}x each neuron's calibrated scale (found from keywords; "
+        f"{cfg.action_alpha:g}x for those found through the action head), a matched random-neuron control, the prompt modifier, a residual map that stands in for it, and a {cfg.budget}-token "
         f"budget (uniform vs ARR-COC), "
         f"{cfg.seeds} seeds x {len(cfg.tasks)} tasks, against the unsteered policy on the same seeds.",
         concepts=[ConceptNeurons(c.name, c.keywords, [(l, n, atlas.tokens(l, n, k=6)) for l, n in c.neurons[:6]])

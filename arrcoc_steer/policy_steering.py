@@ -6,6 +6,8 @@ they are measured on. This module makes it from scripted-expert rollouts in ``en
 * :func:`observations` -- (observation, instruction) pairs along expert episodes;
 * :func:`write_calibration` -- each neuron's activation scale on them (alpha in calibrated units);
 * :func:`write_concepts` -- concept neurons found from keywords in the policy's atlas (YAML);
+* :func:`write_action_concepts` -- concept neurons found by the action bins they move through the
+  policy's head (an :class:`~arrcoc_steer.readout.ActionReadout` on the same observations);
 * :func:`write_direction` -- a contrastive residual direction, e.g. "... quickly" minus "... slowly",
   on the same observations, so that only the instruction differs;
 * :func:`write_map` -- a residual map from the instruction's activations to those with a modifier.
@@ -81,6 +83,33 @@ def write_concepts(policy, path: str | Path, specs: dict | None = None, *, atlas
     atlas = atlas or NeuronAtlas.build(policy, cache=cache, progress=False)
     found = [find_concept(atlas, words, policy, name=name, against=against, top_n=top_n, layers=layers)
              for name, (words, against) in (specs or CONCEPT_SPECS).items()]  # fmt: skip
+    save_concepts(path, found)
+    return found
+
+
+def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("fast", "slow", "up"), *,
+                          items: list[dict] | None = None, readout: str | Path | None = None, top_n: int = 20,
+                          layers: Sequence[int] | None = None, budget: int = 64) -> list:  # fmt: skip
+    """Find each action concept (a key of :data:`~arrcoc_steer.concepts.ACTION_MEANINGS`) through the
+    policy's action readout (at ``layers``, default the last) and save them as one YAML dictionary.
+    ``readout``: a file to reuse (fitted on ``items`` and written there when missing; fitting costs
+    ~2 s per observation at the last layer on 2 CPU cores)."""
+    from .concepts import ACTION_MEANINGS, find_action_concept, save_concepts
+    from .errors import UnknownNameError
+    from .readout import ActionReadout
+
+    for meaning in meanings:  # before the readout's minutes of work
+        if meaning not in ACTION_MEANINGS:
+            raise UnknownNameError("action meaning", meaning, ACTION_MEANINGS)
+    if readout is not None and Path(readout).exists():
+        fitted = ActionReadout.load(readout)
+    else:
+        fitted = ActionReadout.fit(policy, items or observations(),
+                                   lambda m, it: m.action_logits(it["obs"], it["instruction"], budget=budget),
+                                   layers=layers, progress=True)  # fmt: skip
+        if readout is not None:
+            fitted.save(readout)
+    found = [find_action_concept(fitted, meaning, policy, top_n=top_n, layers=layers) for meaning in meanings]
     save_concepts(path, found)
     return found
 

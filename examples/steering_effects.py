@@ -4,7 +4,8 @@ residual directions, a strength sweep and a layer-depth ablation, in three resum
     python examples/steering_effects.py --out runs/steering --seeds 13 --control-seeds 3
 
 Steps: the policy's atlas -> "fast" / "slow" / "up" concepts (keywords + embedding neighbours) ->
-per-neuron calibration on expert observations -> contrastive residual directions at the action
+the same three found through the action head instead (neurons ranked by the action bins they move,
+an ActionReadout on expert observations) -> per-neuron calibration on those observations -> contrastive residual directions at the action
 queries, "quickly" - "slowly" and "and lift it high" - no modifier, each kept in the layer where it is
 largest (where the modifier reaches them: the last one in MiniVLA) -> residual maps in that layer,
 from the plain instruction's activations to those with "quickly" / "slowly" / "and lift it high"
@@ -23,14 +24,17 @@ from pathlib import Path
 
 from arrcoc_steer.eval import Concept, Residual, evaluate, random_controls
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, load_policy
-from arrcoc_steer.policy_steering import (observations, runner, with_modifier, write_calibration, write_concepts,
-                                         write_direction, write_map)
+from arrcoc_steer.policy_steering import (observations, runner, with_modifier, write_action_concepts, write_calibration,
+                                         write_concepts, write_direction, write_map)
 from arrcoc_steer.steering import ResidualDirection, ResidualMap
 from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
 TASKS = ["LiftRedBlock", "PickRedBlockIntoTray", "PickLeftBlockIntoTray", "PutRedBlockOnPlate"]
 LAYER_GROUPS = {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
 LIFT = "and lift it high"  # the height modifier; its contrast against no modifier is the "up" direction
+# Calibrated clamp strengths of the concepts found through the action head; "up" at 2 stopped every
+# dev-seed episode (0/12), so it runs at 1. The sweeps part adds 1 and 3 for "fast" and "slow".
+ACTION_ALPHA = {"fast": 2.0, "slow": 2.0, "up": 1.0}
 
 
 def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[float], n_controls: int,
@@ -51,12 +55,20 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
     lift = [{"kind": "prompt", "modifier": LIFT},
             Residual(direction=str(files["map_lift"]), strength=1.0, positions="action")]
     all_layers = [Concept(**neurons, concept=name) for name in ("fast", "slow", "up")]  # the paper's rule
-    main = [*prompts, *maps.values(), *residual.values(), *at_reach.values(), *all_layers, *lift]
-    controls = [{"kind": "unsteered"}, *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
+    def by_action(name: str, a: float) -> Concept:
+        return Concept(**{**neurons, "concepts": str(files["concepts_action"]), "alpha": a}, concept=name,
+                       positions="action", name=f"action_{name}_clamp{a:g}cal")  # fmt: skip
+
+    action = {name: by_action(name, a) for name, a in ACTION_ALPHA.items()}
+    main = [*prompts, *action.values(), *maps.values(), *residual.values(), *at_reach.values(), *all_layers, *lift]
+    controls = [{"kind": "unsteered"}, action["slow"], action["fast"],
+                *random_controls(action["slow"], n_controls), *random_controls(action["fast"], n_controls),
+                *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
                 *random_controls(maps["quickly"], n_controls), *random_controls(maps["slowly"], n_controls),
                 *random_controls(residual[main_strength], n_controls),
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
     ablations = [{"kind": "unsteered"},
+                 *(by_action(name, a) for a in (1.0, 3.0) for name in ("slow", "fast")),
                  Residual(direction=str(files["map_lift"]), strength=0.5, positions="action"),
                  *(Residual(direction=str(files["map_quickly"]), strength=s, positions="action") for s in (0.5, 2.0)),
                  Residual(direction=str(files["direction_lift"]), strength=main_strength, positions="action"),
@@ -90,8 +102,8 @@ def main(argv: list[str] | None = None) -> int:
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(args.policy)
     files = {name: out / f"{name}.{'yaml' if name.startswith('concepts') else 'safetensors'}"
-             for name in ("concepts", "concepts_reach", "calibration", "direction", "direction_lift",
-                          "map_quickly", "map_slowly", "map_lift")}  # fmt: skip
+             for name in ("concepts", "concepts_reach", "concepts_action", "calibration", "readout", "direction",
+                          "direction_lift", "map_quickly", "map_slowly", "map_lift")}  # fmt: skip
     found = write_concepts(policy, files["concepts"], cache=out / "cache")
     if not all(files[k].exists() for k in ("calibration", "direction", "direction_lift")):
         items = observations(args.tasks, per_task=12)
@@ -112,6 +124,9 @@ def main(argv: list[str] | None = None) -> int:
         print(f"map {m!r}: held-out R^2 per action query", {l: [round(float(v), 3) for v in r] for l, r in r2.items()})
     found += [replace(c, name=f"{c.name} (layers {reach})")
               for c in write_concepts(policy, files["concepts_reach"], cache=out / "cache", layers=reach)]
+    found += [replace(c, name=f"{c.name} (through the action head)")
+              for c in write_action_concepts(policy, files["concepts_action"], items=observations(args.tasks, per_task=12),
+                                             readout=files["readout"])]  # fmt: skip
     plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)
     frames = None if args.no_video else "agentview"
     folders = []

@@ -34,7 +34,8 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
     out = run("steering_effects.py", "--policy", str(untrained_policy), "--out", str(tmp_path), "--tasks", "LiftRedBlock",
               "--seeds", "1", "--alphas", "4", "--controls", "1", "--strengths", "4", "--workers", "1", "--max-steps", "3")  # fmt: skip
     assert out.returncode == 0, out.stderr[-2000:]
-    for name in ("concepts.yaml", "concepts_reach.yaml", "calibration.safetensors", "direction.safetensors",
+    for name in ("concepts.yaml", "concepts_reach.yaml", "concepts_action.yaml", "readout.safetensors",
+                 "calibration.safetensors", "direction.safetensors",
                  "direction_lift.safetensors", "map_quickly.safetensors", "map_lift.safetensors", "sweeps/results.json",
                  "eval.html", "controls.html", "sweeps.html", "eval/results.json", "controls/results.json"):
         assert (tmp_path / name).is_file(), name
@@ -50,6 +51,8 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
     assert "random_residual_map_quickly_1_action_s0" in controls
     assert "random_residual_direction_4_action_s0" in controls and f"random_slow_clamp4cal_action_L{reach[0]}_s0" in controls
     assert "prompt_and_lift_it_high" in main and "residual_map_lift_1_action" in main
+    assert "action_fast_clamp2cal" in main and "action_up_clamp1cal" in main
+    assert "random_slow_clamp2cal_action_s0" in controls and "random_fast_clamp2cal_action_s0" in controls
     assert "residual_direction_lift_4_action" in (tmp_path / "sweeps" / "results.csv").read_text()
 
 

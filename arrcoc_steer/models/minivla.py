@@ -450,6 +450,18 @@ class MiniVLA(nn.Module):
         state and whether the observation was batched. ``pointer`` (B, n_cam, 3, 3), if given, is what
         the action head reads instead of the predicted one: a probe of how actions depend on where the
         policy believes the gripper, target and destination are."""
+        return self._observe(observation, instruction, budget, allocation, pointer)
+
+    def action_logits(
+        self, observation: dict, instruction: str | list[str], budget: int | None = None,
+        allocation: np.ndarray | None = None,
+    ) -> torch.Tensor:  # fmt: skip
+        """(B, 7, n_bins) action-bin logits of :meth:`predict_action`, with gradients: for
+        attribution and readouts (:class:`~arrcoc_steer.readout.ActionReadout`)."""
+        with torch.enable_grad():
+            return self._observe(observation, instruction, budget, allocation)[0].action_logits
+
+    def _observe(self, observation, instruction, budget, allocation, pointer=None):
         images, state, batched = self._check_observation(observation)
         b = state.shape[0]
         instructions = [instruction] * b if isinstance(instruction, str) else list(instruction)
