@@ -323,8 +323,9 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
     A neuron's score is the cosine between its logit change over the bins of every action query
     (its action profile from ``readout``, centred per query: a shift of all of a query's logits
     moves nothing) and the meaning's target profile, which is zero at the queries the meaning does
-    not name: "fast" asks for long moves *and* an untouched gripper (a concept that also opened the
-    hand would drop every block). The readout's counterpart of the atlas's cosine score; scale-free,
+    not name: "fast" asks for long moves *and* an untouched gripper (scored on the named queries
+    alone, MiniVLA's "fast" also leaned its gripper query to "open" and kept the hand from closing
+    in half the episodes). The readout's counterpart of the atlas's cosine score; scale-free,
     so it says which bins a neuron moves, not how far (the strength is the intervention's alpha).
     Only layers the readout was measured at are searched.
 

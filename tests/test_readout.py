@@ -55,22 +55,32 @@ def test_a_neurons_profile_predicts_what_adding_it_does_to_the_logits(policy, it
 
 
 def test_a_neuron_built_to_mean_fast_is_found_first_and_not_as_slow(items, readout):
-    """Plant a value vector whose profile through the head is "bins far from zero" on dx, dy, dz."""
+    """Plant two value vectors whose profiles through the head are "bins far from zero" on dx, dy,
+    dz: one that leaves the other queries alone, and one that also pushes the gripper query."""
     model = MiniVLA().eval()
     adapter = Adapter(model)
-    last, planted = readout.layers[0], 123
-    meaning = ACTION_MEANINGS["fast"]
-    target = meaning.target(readout.values)
-    target = (target - target.mean()).expand(len(meaning.dims), -1).reshape(-1)  # (dims * n_bins,)
-    jac = readout.jacobians[last][list(meaning.dims)].reshape(-1, readout.jacobians[last].shape[-1])
-    jac = jac - readout.jacobians[last][list(meaning.dims)].mean(1).repeat_interleave(len(readout.values), 0)
-    value = torch.linalg.lstsq(jac, target[:, None]).solution[:, 0]
-    with torch.no_grad():
-        adapter.module(f"layers.{last}.mlp.post").weight[:, planted] = value
+    last, clean, dirty = readout.layers[0], 123, 456
+    jac = readout.jacobians[last]  # (7, n_bins, d)
+    centred = (jac - jac.mean(1, keepdim=True)).reshape(-1, jac.shape[-1])
+
+    def plant(neuron, gripper):
+        target = torch.zeros(7, len(readout.values))
+        target[:3] = readout.values.abs()
+        target[6] = gripper * readout.values
+        target = (target - target.mean(-1, keepdim=True)).reshape(-1, 1)
+        value = torch.linalg.lstsq(centred, target).solution[:, 0]
+        with torch.no_grad():
+            adapter.module(f"layers.{last}.mlp.post").weight[:, neuron] = value
+
+    plant(clean, 0.0)
+    plant(dirty, 1.0)
     fast = find_action_concept(readout, "fast", model, top_n=5)
     slow = find_action_concept(readout, "slow", model, top_n=5)
-    assert fast.neurons[0] == (last, planted) and fast.scores[0] > 0.5
-    assert (last, planted) not in slow.neurons
+    assert fast.neurons[0] == (last, clean) and fast.scores[0] > 0.5
+    assert (last, dirty) not in fast.neurons[:1] and (last, clean) not in slow.neurons
+    ranked = find_action_concept(readout, "fast", model, top_n=2000)
+    score = dict(zip(ranked.neurons, ranked.scores))
+    assert score[last, dirty] < score[last, clean] - 0.2  # the gripper push costs it
     assert fast.keywords == ("fast",) and "|value| at action dims [0, 1, 2]" in fast.meaning
     assert len(fast) == 5 and all(l == last for l, _ in fast.neurons)
     assert list(fast.scores) == sorted(fast.scores, reverse=True)
