@@ -184,14 +184,14 @@ def cmd_concepts(args: argparse.Namespace) -> int:
             print(f"{concept.name}: {len(concept.neurons)} neurons, {concept.meaning}")
             print("  " + ", ".join(f"L{l} N{n} ({s:.2f})" for (l, n), s in zip(concept.neurons[:8], concept.scores)))
         print(f"wrote {args.out} (readout: {readout})")
-        return 0
-    atlas = NeuronAtlas.build(policy, cache=args.cache)
-    specs = {name: (words, against) for name, words, against in map(parse_concept_spec, args.specs)}
-    for concept in write_concepts(policy, args.out, specs, atlas=atlas, top_n=args.top_n or 10, layers=args.layers):
-        print(f"{concept.name}: {len(concept.neurons)} neurons in layers {list(concept.layers)}")
-        for layer, neuron in concept.neurons[:5]:
-            print("  " + atlas.describe(layer, neuron, k=6))
-    print(f"wrote {args.out}")
+    else:
+        atlas = NeuronAtlas.build(policy, cache=args.cache)
+        specs = {name: (words, against) for name, words, against in map(parse_concept_spec, args.specs)}
+        for concept in write_concepts(policy, args.out, specs, atlas=atlas, top_n=args.top_n or 10, layers=args.layers):
+            print(f"{concept.name}: {len(concept.neurons)} neurons in layers {list(concept.layers)}")
+            for layer, neuron in concept.neurons[:5]:
+                print("  " + atlas.describe(layer, neuron, k=6))
+        print(f"wrote {args.out}")
     if args.calibration:
         print(f"wrote {write_calibration(policy, args.calibration)}")
     return 0

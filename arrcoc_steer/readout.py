@@ -115,7 +115,7 @@ class ActionReadout:
             remove += [adapter.module(f"layers.{l}.mlp.post").register_forward_hook(add(l)).remove for l in layers]
             for item in tqdm(inputs, desc="action readout", disable=not progress, leave=False):
                 out = logits(model, item)
-                out = out[0] if out.dim() == 3 else out
+                out = out[0] if out.dim() == 3 and len(out) == 1 else out
                 if out.dim() != 2:
                     raise ConfigError(f"logits(model, item) must give (1, p, n_bins) or (p, n_bins), got "
                                       f"{tuple(out.shape)}")  # fmt: skip
