@@ -220,7 +220,10 @@ def summarize(rows: Iterable[Mapping], metrics: Sequence[str], *, baseline: str 
 def control_summary(summary: Mapping, conditions: Sequence, metrics: Sequence[str]) -> dict:
     """For each concept or residual condition with matched random controls in the sweep (random
     neurons, random directions): per metric, the percentile of its effect (``pct_change`` over all
-    tasks) among the controls' effects."""
+    tasks) among the controls' effects; and under ``"keeping"`` the same among only the controls
+    that succeed at least as often as the steer. Random perturbations slow a policy by breaking it:
+    the second percentile asks whether the steer moves the metric further than controls that keep
+    the task as well as it does."""
     from .conditions import Concept, RandomControl, RandomDirection, Residual
 
     out = {}
@@ -235,9 +238,15 @@ def control_summary(summary: Mapping, conditions: Sequence, metrics: Sequence[st
         def effect(name: str, m: str) -> float:
             return summary[name]["tasks"]["all"][m].get("vs_baseline", {}).get("pct_change", NAN)
 
-        out[concept.name] = {"controls": controls}
+        def success(name: str) -> float:
+            value = summary[name]["tasks"]["all"]["success"].get("mean")
+            return NAN if value is None else float(value)
+
+        keeping = [c for c in controls if success(c) >= success(concept.name)]
+        out[concept.name] = {"controls": controls, "keeping": {"controls": keeping}}
         for m in metrics:
             out[concept.name][m] = control_percentile(effect(concept.name, m), [effect(c, m) for c in controls])
+            out[concept.name]["keeping"][m] = control_percentile(effect(concept.name, m), [effect(c, m) for c in keeping])
     return out
 
 

@@ -299,8 +299,8 @@ class SweepResults:
     def markdown(self, metrics: Sequence[str] = ("speed_w", "peak_ee_z")) -> str:
         """A Markdown table for a README or an issue: per condition, each metric's % change vs the
         baseline (paired Wilcoxon p, Cohen's d_z), success as k/n, and where a steer has matched
-        random controls, its percentile among them; the controls themselves collapse into one row
-        per steer (median and range of their effects)."""
+        random controls, its percentile among them (and among those that succeed as often); the
+        controls themselves collapse into one row per steer (median and range of their effects)."""
         controlled = {c for entry in self.controls.values() for c in entry["controls"]}
         if not metrics:
             raise ConfigError("markdown() needs at least one metric")
@@ -325,6 +325,9 @@ class SweepResults:
                 continue
             pct = self.controls.get(name, {}).get(metrics[0])
             versus = f"{number(pct['percentile']):.1f}th pct of {pct['n_controls']}" if pct else ""
+            keep = self.controls.get(name, {}).get("keeping", {}).get(metrics[0])
+            if keep and keep["n_controls"]:
+                versus += f"; {number(keep['percentile']):.1f}th of the {keep['n_controls']} that succeed as often"
             n = self.summary[name]["tasks"]["all"]["success"]["n"]
             cells = [name, *(change(name, m) for m in metrics), f"{wins(name)}/{n}", versus]
             lines.append("| " + " | ".join(cells) + " |")

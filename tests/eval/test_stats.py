@@ -57,6 +57,27 @@ def test_control_percentile():
     assert not stats.control_percentile(1.0, controls[:5])["sufficient"]
 
 
+def test_control_summary_also_ranks_a_steer_among_the_controls_that_keep_the_task():
+    """A slowing steer that keeps the task, against controls that slow more only by breaking it."""
+    from arrcoc_steer.eval import Concept
+    from arrcoc_steer.eval.conditions import RandomControl
+
+    steer = Concept(concepts="c.yaml", concept="slow", alpha=2.0, name="slow")
+    controls = [RandomControl(**steer.steer_fields(), seed=i) for i in range(6)]
+    effects = [-80.0, -60.0, -20.0, -10.0, -5.0, 5.0]
+    success = [0.0, 0.2, 0.9, 0.9, 1.0, 0.8]
+
+    def entry(pct: float, ok: float) -> dict:
+        return {"tasks": {"all": {"speed_w": {"vs_baseline": {"pct_change": pct}}, "success": {"mean": ok}}}}
+
+    summary = {"slow": entry(-40.0, 0.9), **{c.name: entry(e, ok) for c, e, ok in zip(controls, effects, success)}}
+    out = stats.control_summary(summary, [steer, *controls], ["speed_w"])["slow"]
+    assert out["speed_w"]["n_controls"] == 6 and out["speed_w"]["percentile"] == pytest.approx(100 * 2 / 6)
+    kept = out["keeping"]
+    assert kept["controls"] == [controls[i].name for i in (2, 3, 4)]  # success >= the steer's 0.9
+    assert kept["speed_w"]["n_controls"] == 3 and kept["speed_w"]["percentile"] == 0.0
+
+
 def rows(condition: str, values, tasks=("a", "b")) -> list[dict]:
     return [{"task": t, "condition": condition, "seed": s, "status": "ok", "success": 1.0, "speed_w": v}
             for t in tasks for s, v in enumerate(values)]
