@@ -5,7 +5,8 @@
    bins their neurons move through the policy's head; calibrate each neuron's scale;
    fit a residual map from the plain instruction to "... quickly" where the word reaches the actions;
 3. run the unsteered policy, the prompt modifier, concept steering (both kinds), a matched
-   random-neuron control, the map, and two visual-token budgets (uniform vs ARR-COC relevance) on the same seeds;
+   random-neuron control, the map, and two visual-token budgets (uniform vs ARR-COC relevance) on
+   the same seeds;
 4. print the effects table and write the HTML report (plots, videos, concept neurons, relevance).
 
     arrcoc-steer demo --out runs/demo
@@ -139,7 +140,8 @@ def run_demo(cfg: DemoConfig) -> Path:
     extras = ReportExtras(
         title="arrcoc_steer demo: steering and visual budgets on MiniVLA",
         summary=f"Concept clamps at {cfg.alpha:g}x each neuron's calibrated scale (found from keywords; "
-        f"{cfg.action_alpha:g}x for those found through the action head), a matched random-neuron control, the prompt modifier, a residual map that stands in for it, and a {cfg.budget}-token "
+        f"{cfg.action_alpha:g}x for those found through the action head), a matched random-neuron control, "
+        f"the prompt modifier, a residual map that stands in for it, and a {cfg.budget}-token "
         f"budget (uniform vs ARR-COC), "
         f"{cfg.seeds} seeds x {len(cfg.tasks)} tasks, against the unsteered policy on the same seeds.",
         concepts=[ConceptNeurons(c.name, c.keywords, [(l, n, atlas.tokens(l, n, k=6)) for l, n in c.neurons[:6]])

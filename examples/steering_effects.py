@@ -5,9 +5,10 @@ residual directions, a strength sweep and a layer-depth ablation, in three resum
 
 Steps: the policy's atlas -> "fast" / "slow" / "up" concepts (keywords + embedding neighbours) ->
 the same three found through the action head instead (neurons ranked by the action bins they move,
-an ActionReadout on expert observations) -> per-neuron calibration on those observations -> contrastive residual directions at the action
-queries, "quickly" - "slowly" and "and lift it high" - no modifier, each kept in the layer where it is
-largest (where the modifier reaches them: the last one in MiniVLA) -> residual maps in that layer,
+an ActionReadout on expert observations) -> per-neuron calibration on those observations ->
+contrastive residual directions at the action queries, "quickly" - "slowly" and "and lift it
+high" - no modifier, each kept in the layer where it is largest (where the modifier reaches them:
+the last one in MiniVLA) -> residual maps in that layer,
 from the plain instruction's activations to those with "quickly" / "slowly" / "and lift it high"
 -> three sweeps on fresh seeds, every condition on the same tasks and seeds: ``eval`` (the main
 table), ``controls`` (matched random neurons / directions / rotated maps, on the first
@@ -55,6 +56,7 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
     lift = [{"kind": "prompt", "modifier": LIFT},
             Residual(direction=str(files["map_lift"]), strength=1.0, positions="action")]
     all_layers = [Concept(**neurons, concept=name) for name in ("fast", "slow", "up")]  # the paper's rule
+
     def by_action(name: str, a: float) -> Concept:
         return Concept(**{**neurons, "concepts": str(files["concepts_action"]), "alpha": a}, concept=name,
                        positions="action", name=f"action_{name}_clamp{a:g}cal")  # fmt: skip
@@ -125,8 +127,8 @@ def main(argv: list[str] | None = None) -> int:
     found += [replace(c, name=f"{c.name} (layers {reach})")
               for c in write_concepts(policy, files["concepts_reach"], cache=out / "cache", layers=reach)]
     found += [replace(c, name=f"{c.name} (through the action head)")
-              for c in write_action_concepts(policy, files["concepts_action"], items=observations(args.tasks, per_task=12),
-                                             readout=files["readout"])]  # fmt: skip
+              for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"],
+                                             items=observations(args.tasks, per_task=12))]  # fmt: skip
     plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)
     frames = None if args.no_video else "agentview"
     folders = []

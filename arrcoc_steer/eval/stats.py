@@ -246,7 +246,8 @@ def control_summary(summary: Mapping, conditions: Sequence, metrics: Sequence[st
         out[concept.name] = {"controls": controls, "keeping": {"controls": keeping}}
         for m in metrics:
             out[concept.name][m] = control_percentile(effect(concept.name, m), [effect(c, m) for c in controls])
-            out[concept.name]["keeping"][m] = control_percentile(effect(concept.name, m), [effect(c, m) for c in keeping])
+            out[concept.name]["keeping"][m] = control_percentile(effect(concept.name, m),
+                                                                 [effect(c, m) for c in keeping])
     return out
 
 
