@@ -325,7 +325,7 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
     moves nothing) and the meaning's target profile, which is zero at the queries the meaning does
     not name: "fast" asks for long moves *and* an untouched gripper (scored on the named queries
     alone, MiniVLA's "fast" also leaned its gripper query to "open" and kept the hand from closing
-    in half the episodes). The readout's counterpart of the atlas's cosine score; scale-free,
+    in 20 of 52 episodes). The readout's counterpart of the atlas's cosine score; scale-free,
     so it says which bins a neuron moves, not how far (the strength is the intervention's alpha).
     Only layers the readout was measured at are searched.
 
