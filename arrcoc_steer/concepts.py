@@ -265,12 +265,9 @@ def find_concept(atlas: NeuronAtlas, keywords: str | Iterable[str], model: nn.Mo
         scores = scores * keep[:, None]
     hits = atlas.hits(scores, top_n)
     neurons = tuple(h.flat for h in hits)
-    values = torch.stack([adapter.value_vectors(l)[n].float() for l, n in neurons]) if neurons \
-        else torch.zeros(0, adapter.spec.d_model)
-    threshold = cluster_threshold if cluster_threshold is not None else 3 / adapter.spec.d_model ** 0.5
     expanded = tuple((w, s) for w, s in sorted(pos.items(), key=lambda kv: -kv[1]) if w not in keywords)
     return ConceptSet(name=name or keywords[0], neurons=neurons, scores=tuple(h.score for h in hits),
-                      clusters=cluster_vectors(values, cluster_k, threshold), keywords=keywords,
+                      clusters=_value_clusters(adapter, neurons, cluster_k, cluster_threshold), keywords=keywords,
                       against=against, expanded=expanded, model=ModelRef.of(atlas))
 
 
@@ -314,6 +311,13 @@ ACTION_MEANINGS = {
 }
 
 
+def action_meaning(word: str) -> ActionMeaning:
+    """The :data:`ACTION_MEANINGS` entry of ``word``, or an error listing the known words."""
+    if word not in ACTION_MEANINGS:
+        raise UnknownNameError("action meaning", word, ACTION_MEANINGS)
+    return ACTION_MEANINGS[word]
+
+
 @torch.no_grad()
 def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, model: nn.Module | Adapter, *,
                         name: str | None = None, top_n: int = 20, layers: Iterable[int] | None = None,
@@ -339,9 +343,7 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
         cluster_k, cluster_threshold: as in :func:`find_concept`.
     """
     if isinstance(meaning, str):
-        if meaning not in ACTION_MEANINGS:
-            raise UnknownNameError("action meaning", meaning, sorted(ACTION_MEANINGS))
-        name, meaning = name or meaning, ACTION_MEANINGS[meaning]
+        name, meaning = name or meaning, action_meaning(meaning)
     adapter = model if isinstance(model, Adapter) else Adapter(model)
     if max(meaning.dims) >= readout.n_positions or min(meaning.dims) < 0:
         raise ConfigError(f"{meaning.describe()}: the readout has {readout.n_positions} action dims "
@@ -362,13 +364,19 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
     flat = scores.flatten()
     best = flat.topk(min(top_n, int((flat > 0).sum())))
     neurons = tuple(divmod(int(i), adapter.spec.d_ff) for i in best.indices)
-    values = torch.stack([adapter.value_vectors(l)[n].float() for l, n in neurons]) if neurons \
-        else torch.zeros(0, adapter.spec.d_model)
-    threshold = cluster_threshold if cluster_threshold is not None else 3 / adapter.spec.d_model ** 0.5
     return ConceptSet(name=name or meaning.describe(), neurons=neurons, scores=tuple(best.values.tolist()),
-                      clusters=cluster_vectors(values, cluster_k, threshold), keywords=(name,) if name else (),
+                      clusters=_value_clusters(adapter, neurons, cluster_k, cluster_threshold),
+                      keywords=(name,) if name else (),
                       model=ModelRef.of(adapter), meaning=f"{meaning.describe()}, read through the action head at "
                       f"layers {list(searched)} ({readout.n_states} states)")  # fmt: skip
+
+
+def _value_clusters(adapter: Adapter, neurons, k: int, threshold: float | None) -> tuple[tuple[int, ...], ...]:
+    """:func:`cluster_vectors` of the neurons' value vectors; the threshold defaults to
+    ``3 / sqrt(d_model)``, three standard deviations of the cosine between random directions."""
+    d = adapter.spec.d_model
+    values = torch.stack([adapter.value_vectors(l)[n].float() for l, n in neurons]) if neurons else torch.zeros(0, d)
+    return cluster_vectors(values, k, threshold if threshold is not None else 3 / d**0.5)
 
 
 def cluster_vectors(vectors: torch.Tensor, k: int = 3, threshold: float = 0.2) -> tuple[tuple[int, ...], ...]:

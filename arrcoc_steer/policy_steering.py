@@ -94,13 +94,11 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
     policy's action readout (at ``layers``, default the last) and save them as one YAML dictionary.
     ``readout``: a file to reuse (fitted on ``items`` and written there when missing; fitting costs
     ~2 s per observation at the last layer on 2 CPU cores)."""
-    from .concepts import ACTION_MEANINGS, find_action_concept, save_concepts
-    from .errors import UnknownNameError
+    from .concepts import action_meaning, find_action_concept, save_concepts
     from .readout import ActionReadout
 
     for meaning in meanings:  # before the readout's minutes of work
-        if meaning not in ACTION_MEANINGS:
-            raise UnknownNameError("action meaning", meaning, ACTION_MEANINGS)
+        action_meaning(meaning)
     if readout is not None and Path(readout).exists():
         fitted = ActionReadout.load(readout)
     else:

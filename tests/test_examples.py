@@ -54,6 +54,10 @@ def test_steering_effects_example_runs_end_to_end(untrained_policy, tmp_path):
     assert "action_fast_clamp2cal" in main and "action_up_clamp1cal" in main
     assert "random_slow_clamp2cal_action_s0" in controls and "random_fast_clamp2cal_action_s0" in controls
     assert "residual_direction_lift_4_action" in (tmp_path / "sweeps" / "results.csv").read_text()
+    screen = run("open_loop_effects.py", "--policy", str(untrained_policy), "--run", str(tmp_path), "--alphas", "1",
+                 "--per-task", "2")
+    assert screen.returncode == 0, screen.stderr[-2000:]
+    assert "map 'quickly', decode=argmax" in screen.stdout and "action concept 'slow' at 1: speed" in screen.stdout
 
 
 def test_closed_loop_vs_fixed_example_prints_the_comparison(tmp_path):

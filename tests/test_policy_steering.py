@@ -4,20 +4,8 @@ import torch
 
 from arrcoc_steer.cli import parse_concept_spec
 from arrcoc_steer.errors import ConfigError
-from arrcoc_steer.models.minivla import MiniVLA
-from arrcoc_steer.policy_steering import (observations, with_modifier, write_calibration, write_concepts,
-                                         write_direction, write_map)
+from arrcoc_steer.policy_steering import with_modifier, write_calibration, write_concepts, write_direction, write_map
 from arrcoc_steer.steering import Calibration, ResidualDirection
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return MiniVLA().eval()
-
-
-@pytest.fixture(scope="module")
-def items():
-    return observations(("LiftRedBlock",), per_task=2, every=2)
 
 
 def test_observations_come_from_expert_rollouts(items):

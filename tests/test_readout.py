@@ -9,23 +9,13 @@ from arrcoc_steer.concepts import (ACTION_MEANINGS, ActionMeaning, ModelRef, fin
 from arrcoc_steer.errors import CheckpointError, ConfigError, SteeringError, UnknownNameError
 from arrcoc_steer.models.adapters import Adapter
 from arrcoc_steer.models.minivla import MiniVLA
-from arrcoc_steer.policy_steering import observations, write_action_concepts
+from arrcoc_steer.policy_steering import write_action_concepts
 from arrcoc_steer.readout import ActionReadout
 from arrcoc_steer.steering import Intervention, ResidualDirection, Steerer
 
 
 def logits(model, item):
     return model.action_logits(item["obs"], item["instruction"], budget=64)
-
-
-@pytest.fixture(scope="module")
-def policy():
-    return MiniVLA().eval()
-
-
-@pytest.fixture(scope="module")
-def items():
-    return observations(("LiftRedBlock",), per_task=2, every=2)
 
 
 @pytest.fixture(scope="module")
