@@ -143,8 +143,8 @@ def _setup_concepts(p: argparse.ArgumentParser) -> None:
                    help="e.g. fast=fast,quick/slow slow=slow,slowly/fast up=up,upward/down; with --action, "
                         "action meanings: fast slow up down open close")  # fmt: skip
     p.add_argument("--action", action="store_true",
-                   help="rank neurons by the action bins they move through the policy's head (an action readout on "
-                        "scripted-expert observations) instead of by the words their value vectors point at")  # fmt: skip
+                   help="rank neurons by how they move the policy's actions through its head, state by state (an action "
+                        "readout on scripted-expert observations), instead of by the words their value vectors point at")  # fmt: skip
     p.add_argument("--readout", help="with --action: readout file to reuse, or to write when missing "
                    "(default: next to --out)")  # fmt: skip
     p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")

@@ -32,7 +32,7 @@ class DemoConfig:
     tasks: tuple[str, ...] = option(("LiftRedBlock", "PickRedBlockIntoTray"), "tasks to run")
     seeds: int = option(4, "fresh seeds per task and condition")
     alpha: float = option(4.0, "concept clamp strength, in multiples of each neuron's 99th-percentile activation")
-    action_alpha: float = option(2.0, "the same for the concepts found through the action head")
+    action_alpha: float = option(1.0, "the same for the concepts found through the action head")
     top_n: int = option(10, "neurons per concept")
     budget: int = option(64, "the small visual budget compared with the policy's full 400 tokens")
     workers: int | None = option(None, "processes (default: all cores)")

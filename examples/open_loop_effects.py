@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     p.add_argument("--run", default="runs/steering", help="folder written by steering_effects.py")
     p.add_argument("--policy", default=str(DEFAULT_CHECKPOINT))
-    p.add_argument("--alphas", type=float, nargs="+", default=[1.0, 2.0, 3.0], help="action-concept strengths")
+    p.add_argument("--alphas", type=float, nargs="+", default=[0.5, 1.0, 1.5, 2.0], help="action-concept strengths")
     p.add_argument("--per-task", type=int, default=16, help="expert states per task (every second step)")
     args = p.parse_args(argv)
     run = Path(args.run)

@@ -1,5 +1,5 @@
-"""The action readout: the Jacobian of a policy's action logits at a layer's FFN output, and the
-concepts found through it."""
+"""The action readout: per state, the Jacobian of a policy's expected action at a layer's FFN output,
+and the concepts found through it."""
 
 import pytest
 import torch
@@ -27,86 +27,124 @@ def attached(model) -> bool:
     return any(m._forward_hooks or m._forward_pre_hooks for m in model.modules())
 
 
-def test_a_neurons_profile_predicts_what_adding_it_does_to_the_logits(policy, items, readout):
-    """Adding eps to a neuron at the action queries moves the logits by eps x its action profile."""
-    last = Adapter(policy).spec.n_layers - 1
-    assert readout.layers == (last,) and readout.n_states == len(items)
-    assert readout.jacobians[last].shape == (7, policy.config.n_bins, Adapter(policy).spec.d_model)
-    item, eps = items[0], 0.05
-    profiles = ActionReadout.fit(policy, [item], logits).profiles(policy, last)  # (d_ff, 7, n_bins)
+def expected(model, item):
+    """MiniVLA's expected action (the bins' values under the softmax) at one state."""
+    return logits(model, item)[0].float().softmax(-1) @ torch.as_tensor(model.action_tokenizer.centers).float()
+
+
+def test_a_neurons_effects_predict_what_adding_it_does_to_the_actions(policy, items, readout):
+    """Adding eps to a neuron at the action queries moves each state's expected action by eps x its
+    effects there."""
+    adapter = Adapter(policy)
+    last = adapter.spec.n_layers - 1
+    assert readout.layers == (last,) and readout.n_states == len(items) and readout.n_positions == 7
+    assert readout.jacobians[last].shape == (len(items), 7, adapter.spec.d_model)
+    effects = readout.effects(policy, last)  # (d_ff, n_states, 7)
+    assert effects.shape == (adapter.spec.d_ff, len(items), 7)
+    eps = 0.05
     with torch.no_grad():
-        plain = logits(policy, item)[0]
-        for neuron in (3, 700):
-            with Steerer(policy, [Intervention([(last, neuron)], "add", eps, "raw", "action")]):
-                change = logits(policy, item)[0] - plain
-            assert change.abs().max() > 1e-4  # the push does something
-            assert torch.allclose(change, eps * profiles[neuron], atol=0.05 * change.abs().max().item())
+        for s, item in enumerate(items):
+            plain = expected(policy, item)
+            assert torch.allclose(readout.actions[s], plain, atol=1e-5)
+            for neuron in (3, 700):
+                with Steerer(policy, [Intervention([(last, neuron)], "add", eps, "raw", "action")]):
+                    change = expected(policy, item) - plain
+                assert change.abs().max() > 1e-5  # the push does something
+                assert torch.allclose(change, eps * effects[neuron, s], atol=0.05 * change.abs().max().item())
     assert not attached(policy)
 
 
-def test_a_neuron_built_to_mean_fast_is_found_first_and_not_as_slow(items, readout):
-    """Plant two value vectors whose profiles through the head are "bins far from zero" on dx, dy,
-    dz: one that leaves the other queries alone, and one that also pushes the gripper query."""
+def test_neurons_built_to_mean_fast_and_up_are_found_first():
+    """Plant value vectors whose effects are exactly a meaning's target in every state (through a
+    random, well-conditioned readout of two states: dz rising in the first, falling in the second),
+    then variants that also drift the gripper, or push dz in every state instead of only where the
+    arm rises; both variants rank lower."""
     model = MiniVLA().eval()
     adapter = Adapter(model)
-    last, clean, dirty = readout.layers[0], 123, 456
-    jac = readout.jacobians[last]  # (7, n_bins, d)
-    centred = (jac - jac.mean(1, keepdim=True)).reshape(-1, jac.shape[-1])
+    last = adapter.spec.n_layers - 1
+    actions = torch.tensor([[0.3, -0.2, 0.5, 0, 0, 0, 1.0], [-0.4, 0.1, -0.6, 0, 0, 0, 1.0]])
+    jac = torch.randn(2, 7, adapter.spec.d_model, generator=torch.Generator().manual_seed(0)) / 20
+    synthetic = ActionReadout({last: jac}, actions, torch.linspace(-1, 1, 256), model=ModelRef.of(adapter))
+    jac = jac.reshape(-1, adapter.spec.d_model)
 
-    def plant(neuron, gripper):
-        target = torch.zeros(7, len(readout.values))
-        target[:3] = readout.values.abs()
-        target[6] = gripper * readout.values
-        target = (target - target.mean(-1, keepdim=True)).reshape(-1, 1)
-        value = torch.linalg.lstsq(centred, target).solution[:, 0]
+    def plant(neuron, effects):
+        value = torch.linalg.lstsq(jac, effects.reshape(-1, 1)).solution[:, 0]
         with torch.no_grad():
             adapter.module(f"layers.{last}.mlp.post").weight[:, neuron] = value
 
-    plant(clean, 0.0)
-    plant(dirty, 1.0)
-    fast = find_action_concept(readout, "fast", model, top_n=5)
-    slow = find_action_concept(readout, "slow", model, top_n=5)
-    assert fast.neurons[0] == (last, clean) and fast.scores[0] > 0.5
-    assert (last, dirty) not in fast.neurons[:1] and (last, clean) not in slow.neurons
-    ranked = find_action_concept(readout, "fast", model, top_n=2000)
-    score = dict(zip(ranked.neurons, ranked.scores))
-    assert score[last, dirty] < score[last, clean] - 0.2  # the gripper push costs it
-    assert fast.keywords == ("fast",) and "|value| at action dims [0, 1, 2]" in fast.meaning
-    assert len(fast) == 5 and all(l == last for l, _ in fast.neurons)
-    assert list(fast.scores) == sorted(fast.scores, reverse=True)
+    fast = torch.zeros_like(actions)
+    fast[:, :3] = actions[:, :3]
+    plant(11, fast)
+    plant(22, fast + torch.tensor([0, 0, 0, 0, 0, 0, 0.5]))  # ... and a gripper drift
+    rising = torch.zeros_like(actions)
+    rising[0, 2] = 1.0
+    plant(33, rising)
+    plant(44, rising + torch.tensor([[0.0], [1.0]]) * torch.eye(7)[2])  # dz up in the falling state too
+
+    def scores(meaning):
+        ranked = find_action_concept(synthetic, meaning, model, top_n=3000)
+        return ranked, dict(zip(ranked.neurons, ranked.scores))
+
+    ranked, score = scores("fast")
+    assert ranked.neurons[0] == (last, 11) and score[last, 11] > 0.99
+    assert score[last, 22] < score[last, 11] - 0.1  # the gripper drift costs it
+    assert (last, 11) not in find_action_concept(synthetic, "slow", model, top_n=50).neurons
+    ranked, score = scores("up")
+    assert ranked.neurons[0] == (last, 33) and score[last, 44] < score[last, 33] - 0.2
+    assert ranked.keywords == ("up",) and "dims [2], where it is positive" in ranked.meaning
+    assert list(ranked.scores) == sorted(ranked.scores, reverse=True) and all(l == last for l, _ in ranked.neurons)
+
+
+def test_meanings_ask_for_the_states_own_action():
+    actions = torch.tensor([[0.5, -0.5, 0.25, 0.1, 0, 0, 1], [0.1, 0.0, -0.5, 0, 0, 0, -1]])
+    fast, slow, up, down = (ACTION_MEANINGS[w].target(actions) for w in ("fast", "slow", "up", "down"))
+    assert torch.equal(fast[:, :3], actions[:, :3]) and not fast[:, 3:].any() and torch.equal(slow, -fast)
+    assert up[:, 2].tolist() == [0.25, 0.0] and down[:, 2].tolist() == [0.0, -0.5] and not up[:, :2].any()
+    assert ACTION_MEANINGS["open"].target(actions)[:, 6].tolist() == [-1.0, -1.0]
 
 
 def test_readout_and_action_concepts_round_trip(policy, readout, tmp_path):
     again = ActionReadout.load(readout.save(tmp_path / "r.safetensors"))
     assert again.layers == readout.layers and again.n_states == readout.n_states and again.model == readout.model
     assert torch.equal(again.jacobians[again.layers[0]], readout.jacobians[readout.layers[0]])
-    assert torch.equal(again.values, readout.values)
-    up = find_action_concept(readout, "up", policy, top_n=4)
-    [loaded] = load_concepts(save_concepts(tmp_path / "c.yaml", [up])).values()
-    assert loaded.neurons == up.neurons and loaded.meaning == up.meaning and loaded.meaning
+    assert torch.equal(again.actions, readout.actions) and torch.equal(again.values, readout.values)
+    fast = find_action_concept(readout, "fast", policy, top_n=4)
+    [loaded] = load_concepts(save_concepts(tmp_path / "c.yaml", [fast])).values()
+    assert loaded.neurons == fast.neurons and loaded.meaning == fast.meaning and loaded.meaning
     ResidualDirection({0: torch.ones(Adapter(policy).spec.d_model)}).save(tmp_path / "d.safetensors")
     with pytest.raises(CheckpointError, match="not an action readout"):
         ActionReadout.load(tmp_path / "d.safetensors")
+    from safetensors.torch import save_file
+
+    save_file({"layer.5.jacobian": torch.zeros(7, 3, 4), "values": torch.zeros(3)}, str(tmp_path / "old.safetensors"),
+              {"kind": "action-readout"})  # fmt: skip
+    with pytest.raises(CheckpointError, match="format 1.*fit it again"):
+        ActionReadout.load(tmp_path / "old.safetensors")
 
 
 def test_bad_action_concepts_and_readouts_are_refused(policy, items, readout):
     with pytest.raises(UnknownNameError, match="Did you mean 'fast'"):
         find_action_concept(readout, "fats", policy)
     with pytest.raises(ConfigError, match="7 action dims"):
-        find_action_concept(readout, ActionMeaning("value", (7,)), policy)
+        find_action_concept(readout, ActionMeaning("toward", (7,)), policy)
     with pytest.raises(SteeringError, match="measured at layers"):
-        find_action_concept(readout, "up", policy, layers=[0])
-    with pytest.raises(ConfigError, match="'magnitude' or 'value'"):
+        find_action_concept(readout, "fast", policy, layers=[0])
+    still = ActionReadout(readout.jacobians, torch.zeros_like(readout.actions), readout.values, model=readout.model)
+    with pytest.raises(ConfigError, match="no state of the readout asks for it"):
+        find_action_concept(still, "up", policy)
+    with pytest.raises(ConfigError, match="'along' or 'toward'"):
         ActionMeaning("speed", (0,))
     with pytest.raises(ConfigError, match="sign"):
-        ActionMeaning("value", (0,), sign=2)
-    with pytest.raises(ConfigError, match="bins, d_model"):
-        ActionReadout({5: torch.zeros(7, 10, 4)}, torch.zeros(256))
+        ActionMeaning("toward", (0,), sign=2)
+    with pytest.raises(ConfigError, match="with kind 'along'"):
+        ActionMeaning("toward", (2,), only="positive")
+    with pytest.raises(ConfigError, match=r"\(2 states, 7 action dims, d_model\)"):
+        ActionReadout({5: torch.zeros(7, 10, 4)}, torch.zeros(2, 7), torch.zeros(256))
     with pytest.raises(ConfigError, match="NaN or inf"):
-        ActionReadout({5: torch.full((7, 3, 4), float("nan"))}, torch.zeros(3))
-    other = ActionReadout(dict(readout.jacobians), readout.values, model=ModelRef("other", 4, 64))
+        ActionReadout({5: torch.full((2, 7, 4), float("nan"))}, torch.zeros(2, 7), torch.zeros(3))
+    other = ActionReadout(readout.jacobians, readout.actions, readout.values, model=ModelRef("other", 4, 64))
     with pytest.raises(SteeringError, match="find the concept again"):
-        other.profiles(policy, readout.layers[0])
+        other.effects(policy, readout.layers[0])
 
     def broken(model, item):  # a logits function that fails half-way: nothing stays attached
         logits(model, item)
@@ -119,17 +157,19 @@ def test_bad_action_concepts_and_readouts_are_refused(policy, items, readout):
         ActionReadout.fit(policy, [], logits)
     with pytest.raises(ConfigError, match=r"\(1, p, n_bins\)"):
         ActionReadout.fit(policy, items[:1], lambda m, it: logits(m, it).flatten())
+    with pytest.raises(ConfigError, match="3 bin values for 256 logits"):
+        ActionReadout.fit(policy, items[:1], logits, values=[-1, 0, 1])
     assert not attached(policy)
 
 
 def test_write_action_concepts_fits_once_and_reuses_the_readout(policy, items, tmp_path):
     path = tmp_path / "readout.safetensors"
-    first = write_action_concepts(policy, tmp_path / "a.yaml", ("fast", "down"), items=items, readout=path, top_n=3)
-    assert path.exists() and [c.name for c in first] == ["fast", "down"]
-    again = write_action_concepts(policy, tmp_path / "b.yaml", ("fast", "down"), items=[{"broken": True}], readout=path,
+    first = write_action_concepts(policy, tmp_path / "a.yaml", ("fast", "open"), items=items, readout=path, top_n=3)
+    assert path.exists() and [c.name for c in first] == ["fast", "open"]
+    again = write_action_concepts(policy, tmp_path / "b.yaml", ("fast", "open"), items=[{"broken": True}], readout=path,
                                   top_n=3)  # fmt: skip
     assert [c.neurons for c in again] == [c.neurons for c in first]
-    assert set(load_concepts(tmp_path / "b.yaml")) == {"fast", "down"}
+    assert set(load_concepts(tmp_path / "b.yaml")) == {"fast", "open"}
 
 
 def test_the_concepts_command_finds_action_concepts(policy, readout, tmp_path, capsys):
@@ -138,10 +178,10 @@ def test_the_concepts_command_finds_action_concepts(policy, readout, tmp_path, c
     policy.save_pretrained(tmp_path / "policy")
     path = readout.save(tmp_path / "readout.safetensors")
     base = ["concepts", "--action", "--policy", str(tmp_path / "policy"), "--readout", str(path)]
-    assert main([*base, "fast", "up", "--top-n", "4", "--out", str(tmp_path / "c.yaml")]) == 0
+    assert main([*base, "fast", "close", "--top-n", "4", "--out", str(tmp_path / "c.yaml")]) == 0
     found = load_concepts(tmp_path / "c.yaml")
-    assert list(found) == ["fast", "up"] and all(len(c) == 4 for c in found.values())
-    assert "+value at action dims [2]" in capsys.readouterr().out
+    assert list(found) == ["fast", "close"] and all(len(c) == 4 for c in found.values())
+    assert "more of the action at dims [0, 1, 2]" in capsys.readouterr().out
     assert main([*base[:-2], "--readout", str(tmp_path / "none.safetensors"), "quick"]) == 2  # checked before fitting
     assert "Unknown action meaning 'quick'" in capsys.readouterr().err
     assert not (tmp_path / "none.safetensors").exists()
@@ -161,14 +201,17 @@ def test_the_readout_works_on_any_adapted_model():
     def bins(m, item):
         return m(**item).logits[0, -8:-1, m.vocab_size - 16 : m.vocab_size]
 
+    def expected_action(m, item):
+        return bins(m, item).float().softmax(-1) @ torch.linspace(-1, 1, 16)
+
     fitted = ActionReadout.fit(model, [inputs], bins, positions="all")
     last = fitted.layers[0]
-    assert fitted.jacobians[last].shape == (7, 16, 64) and torch.equal(fitted.values, torch.linspace(-1, 1, 16))
-    profiles = fitted.profiles(model, last)
+    assert fitted.jacobians[last].shape == (1, 7, 64) and torch.equal(fitted.values, torch.linspace(-1, 1, 16))
+    effects = fitted.effects(model, last)
     with torch.no_grad():
-        plain = bins(model, inputs)
+        plain = expected_action(model, inputs)
         with Steerer(model, [Intervention([(last, 5)], "add", 1e-3, "raw", "all")]):
-            change = bins(model, inputs) - plain
-    assert change.abs().max() > 0
-    assert torch.allclose(change, 1e-3 * profiles[5], atol=0.05 * change.abs().max().item())
+            change = expected_action(model, inputs) - plain
+    assert torch.allclose(fitted.actions[0], plain, atol=1e-5) and change.abs().max() > 0
+    assert torch.allclose(change, 1e-3 * effects[5, 0], atol=0.05 * change.abs().max().item())
     assert not attached(model)
