@@ -32,13 +32,14 @@ from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
 TASKS = ["LiftRedBlock", "PickRedBlockIntoTray", "PickLeftBlockIntoTray", "PutRedBlockOnPlate"]
 LAYER_GROUPS = {"early": [0, 1], "middle": [2, 3], "late": [4, 5]}
+ACTION_DEPTHS = {**LAYER_GROUPS, "all": [0, 1, 2, 3, 4, 5]}  # the action concepts' layer ablation
 LIFT = "and lift it high"  # the height modifier; its contrast against no modifier is the "up" direction
 # Calibrated clamp strengths of the concepts found through the action head, chosen on development seeds
 # (7,000,000+, 12 episodes each): "fast" +20 / +25 / +24 / +28% speed at 1 / 1.25 / 1.5 / 2 (11, 11, 11,
 # 9 of 12 succeed), "slow" -16 / -41 / -53% at 0.5 / 1 / 1.5 (11, 10, 5 of 12), "up" 11/12 at 0.5 and
-# 6/12 at 1. The sweeps part adds 0.5, 1, 2 and 3 for "fast" and "slow".
+# 6/12 at 1. The sweeps part adds 0.5, 1 and 2 for "fast" and "slow", and "fast" found at each depth.
 ACTION_ALPHA = {"fast": 1.5, "slow": 1.0, "up": 0.5}
-ACTION_SWEEP = (0.5, 1.0, 2.0, 3.0)
+ACTION_SWEEP = (0.5, 1.0, 2.0)
 
 
 def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[float], n_controls: int,
@@ -60,9 +61,10 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
             Residual(direction=str(files["map_lift"]), strength=1.0, positions="action")]
     all_layers = [Concept(**neurons, concept=name) for name in ("fast", "slow", "up")]  # the paper's rule
 
-    def by_action(name: str, a: float) -> Concept:
-        return Concept(**{**neurons, "concepts": str(files["concepts_action"]), "alpha": a}, concept=name,
-                       positions="action", name=f"action_{name}_clamp{a:g}cal")  # fmt: skip
+    def by_action(name: str, a: float, depth: str | None = None) -> Concept:
+        concepts = files[f"concepts_action_{depth}" if depth else "concepts_action"]
+        return Concept(**{**neurons, "concepts": str(concepts), "alpha": a}, concept=name, positions="action",
+                       name=f"action_{name}_clamp{a:g}cal" + (f"_{depth}" if depth else ""))  # fmt: skip
 
     action = {name: by_action(name, a) for name, a in ACTION_ALPHA.items()}
     main = [*prompts, *action.values(), *maps.values(), *residual.values(), *at_reach.values(), *all_layers, *lift]
@@ -80,7 +82,8 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
                  *(Residual(direction=str(files["direction"]), strength=sign * s, positions="action")
                    for s in other_strengths for sign in (1, -1)),
                  *(Concept(**{**neurons, "alpha": a}, concept="fast") for a in alphas if a != alpha),
-                 *(Concept(**neurons, concept="fast", layers=layers) for layers in LAYER_GROUPS.values())]  # fmt: skip
+                 *(Concept(**neurons, concept="fast", layers=layers) for layers in LAYER_GROUPS.values()),
+                 *(by_action("fast", ACTION_ALPHA["fast"], depth) for depth in ACTION_DEPTHS)]  # fmt: skip
     return {"eval": main, "controls": controls, "sweeps": ablations}
 
 
@@ -106,9 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(args.policy)
+    depths = [f"{kind}_{depth}" for depth in ACTION_DEPTHS for kind in ("concepts_action", "readout")]
     files = {name: out / f"{name}.{'yaml' if name.startswith('concepts') else 'safetensors'}"
              for name in ("concepts", "concepts_reach", "concepts_action", "calibration", "readout", "direction",
-                          "direction_lift", "map_quickly", "map_slowly", "map_lift")}  # fmt: skip
+                          "direction_lift", "map_quickly", "map_slowly", "map_lift", *depths)}  # fmt: skip
     found = write_concepts(policy, files["concepts"], cache=out / "cache")
     if not all(files[k].exists() for k in ("calibration", "direction", "direction_lift")):
         items = observations(args.tasks, per_task=12)
@@ -129,9 +133,12 @@ def main(argv: list[str] | None = None) -> int:
         print(f"map {m!r}: held-out R^2 per action query", {l: [round(float(v), 3) for v in r] for l, r in r2.items()})
     found += [replace(c, name=f"{c.name} (layers {reach})")
               for c in write_concepts(policy, files["concepts_reach"], cache=out / "cache", layers=reach)]
+    items = observations(args.tasks, per_task=12)
     found += [replace(c, name=f"{c.name} (through the action head)")
-              for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"],
-                                             items=observations(args.tasks, per_task=12))]  # fmt: skip
+              for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"], items=items)]
+    for depth, layers in ACTION_DEPTHS.items():  # "fast" found in each depth's layers alone, for the layer ablation
+        write_action_concepts(policy, files[f"concepts_action_{depth}"], ("fast",), readout=files[f"readout_{depth}"],
+                              items=items, layers=layers)  # fmt: skip
     plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)
     frames = None if args.no_video else "agentview"
     folders = []
