@@ -76,14 +76,14 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
     ablations = [{"kind": "unsteered"},
                  *(by_action(name, a) for a in ACTION_SWEEP for name in ("slow", "fast") if a != ACTION_ALPHA[name]),
+                 *(by_action("fast", ACTION_ALPHA["fast"], depth) for depth in ACTION_DEPTHS),
                  Residual(direction=str(files["map_lift"]), strength=0.5, positions="action"),
                  *(Residual(direction=str(files["map_quickly"]), strength=s, positions="action") for s in (0.5, 2.0)),
                  Residual(direction=str(files["direction_lift"]), strength=main_strength, positions="action"),
                  *(Residual(direction=str(files["direction"]), strength=sign * s, positions="action")
                    for s in other_strengths for sign in (1, -1)),
                  *(Concept(**{**neurons, "alpha": a}, concept="fast") for a in alphas if a != alpha),
-                 *(Concept(**neurons, concept="fast", layers=layers) for layers in LAYER_GROUPS.values()),
-                 *(by_action("fast", ACTION_ALPHA["fast"], depth) for depth in ACTION_DEPTHS)]  # fmt: skip
+                 *(Concept(**neurons, concept="fast", layers=layers) for layers in LAYER_GROUPS.values())]  # fmt: skip
     return {"eval": main, "controls": controls, "sweeps": ablations}
 
 
