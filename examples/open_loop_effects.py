@@ -65,6 +65,11 @@ def main(argv: list[str] | None = None) -> int:
         policy.config.decode = decode
 
     base = actions()
+    rising, falling = base[:, 2] > 0.05, base[:, 2] < -0.05
+
+    def dz_change(a: np.ndarray, where: np.ndarray) -> str:
+        return f"{(a[where, 2] - base[where, 2]).mean():+.3f}" if where.any() else "n/a"
+
     calibration = Calibration.load(run / "calibration.safetensors")
     for name, concept in load_concepts(run / "concepts_action.yaml").items():
         for alpha in args.alphas:
@@ -73,8 +78,9 @@ def main(argv: list[str] | None = None) -> int:
                 a = actions()
             along = np.sum(a[:, :3] * base[:, :3], 1) / np.linalg.norm(base[:, :3], axis=1).clip(1e-6)
             print(f"action concept {name!r} at {alpha:g}: speed {speed(a) / speed(base) - 1:+.1%}, along the "
-                  f"unsteered direction {along.mean() / speed(base) - 1:+.1%}, dz drift "
-                  f"{a[:, 2].mean() - base[:, 2].mean():+.3f}, largest gripper change {np.abs(a[:, 6] - base[:, 6]).max():.2f}")
+                  f"unsteered direction {along.mean() / speed(base) - 1:+.1%}, dz change where the arm rises "
+                  f"{dz_change(a, rising)} / descends {dz_change(a, falling)}, largest gripper change "
+                  f"{np.abs(a[:, 6] - base[:, 6]).max():.2f}")
     return 0
 
 
