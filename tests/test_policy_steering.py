@@ -114,6 +114,6 @@ def test_the_demo_fits_its_map_where_the_word_reaches_the_actions(policy, tmp_pa
     assert ResidualMap.load(path).layers == reach and len(reach) == 1
     conditions = [condition_from_dict(c) for c in demo_conditions(cfg, tmp_path, tmp_path / "cal", path)]
     names = [c.name for c in conditions]
-    assert "residual_map_quickly_1_action" in names and "action_fast_clamp2cal" in names
-    [action] = [c for c in conditions if c.name == "action_slow_clamp2cal"]
+    assert "residual_map_quickly_1_action" in names and "action_fast_clamp1cal" in names
+    [action] = [c for c in conditions if c.name == "action_slow_clamp1cal"]
     assert action.concepts == str(tmp_path / "concepts_action.yaml") and action.positions == "action"
