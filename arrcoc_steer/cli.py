@@ -5,7 +5,7 @@
     arrcoc-steer train --data data/demos   behaviour-clone MiniVLA
     arrcoc-steer atlas --search fast       the neuron atlas of the policy
     arrcoc-steer concepts fast=fast,quick/slow   concept neurons -> concepts.yaml
-    arrcoc-steer concepts fast slow --action     ... found by the action bins they move instead
+    arrcoc-steer concepts fast slow --action     ... found by what they do to the actions instead
     arrcoc-steer direction quickly slowly  a contrastive residual direction
     arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
     arrcoc-steer sweep sweep.yaml          the same, from a YAML file

@@ -350,9 +350,10 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
     name, so "fast" also asks for a still gripper and no drift of the rotation). Scored per state,
     "fast" means "lengthen this state's move": a fixed push on the bins far from zero (scored on
     averaged logits, as stop 17 did) lengthens the moves the policy is sure of and drifts the others
-    (MiniVLA, closed loop: +12% speed at alpha 2, where this score's "fast" gives +30% at 1.5). The readout's counterpart of the atlas's cosine score; scale-free, so
-    it says what a neuron does, not how far (the strength is the intervention's alpha). Only layers
-    the readout was measured at are searched.
+    (MiniVLA, closed loop: +12% speed at alpha 2, where this score's "fast" gives +30% at 1.5). The
+    readout's counterpart of the atlas's cosine score; scale-free, so it says what a neuron does, not
+    how far (the strength is the intervention's alpha). Only layers the readout was measured at are
+    searched.
 
     Args:
         readout: the policy's :class:`~arrcoc_steer.readout.ActionReadout`.

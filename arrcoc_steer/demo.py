@@ -1,8 +1,8 @@
 """The whole loop on the shipped policy, in a few minutes on a laptop CPU.
 
 1. load MiniVLA and build (or load from cache) its neuron atlas;
-2. find the "fast", "slow" and "up" concepts from keywords, and "fast" / "slow" again by the action
-   bins their neurons move through the policy's head; calibrate each neuron's scale;
+2. find the "fast", "slow" and "up" concepts from keywords, and "fast" / "slow" again by what their
+   neurons do to each state's action through the policy's head; calibrate each neuron's scale;
    fit a residual map from the plain instruction to "... quickly" where the word reaches the actions;
 3. run the unsteered policy, the prompt modifier, concept steering (both kinds), a matched
    random-neuron control, the map, and two visual-token budgets (uniform vs ARR-COC relevance) on

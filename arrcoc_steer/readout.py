@@ -125,6 +125,7 @@ class ActionReadout:
 
         if values is None:
             values = getattr(getattr(model, "action_tokenizer", None), "centers", None)
+        bins = None if values is None else torch.as_tensor(values, dtype=torch.float32).flatten()
         jacobians: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
         actions = []
         remove = [roles.track(model)] if positions != "all" and not roles.own else []
@@ -136,12 +137,11 @@ class ActionReadout:
                 if out.dim() != 2:
                     raise ConfigError(f"logits(model, item) must give (1, p, n_bins) or (p, n_bins), got "
                                       f"{tuple(out.shape)}")  # fmt: skip
-                if values is None:
-                    values = torch.linspace(-1, 1, out.shape[-1])
-                bins = torch.as_tensor(values, dtype=torch.float32, device=out.device)
+                if bins is None:
+                    bins = torch.linspace(-1, 1, out.shape[-1])
                 if len(bins) != out.shape[-1]:
                     raise ConfigError(f"{len(bins)} bin values for {out.shape[-1]} logits per action dim")
-                expected = out.float().softmax(-1) @ bins  # (p,)
+                expected = out.float().softmax(-1) @ bins.to(out.device)  # (p,)
                 eye = torch.eye(len(expected), device=out.device)
                 grads = torch.autograd.grad(expected, [deltas[l] for l in layers], grad_outputs=eye,
                                             is_grads_batched=True)  # fmt: skip
@@ -153,8 +153,7 @@ class ActionReadout:
                 r()
         if not actions:
             raise ConfigError("ActionReadout.fit needs at least one input")
-        return cls({l: torch.stack(js) for l, js in jacobians.items()}, torch.stack(actions), torch.as_tensor(values),
-                   ModelRef.of(adapter))  # fmt: skip
+        return cls({l: torch.stack(js) for l, js in jacobians.items()}, torch.stack(actions), bins, ModelRef.of(adapter))
 
     def effects(self, model: nn.Module | Adapter, layer: int) -> torch.Tensor:
         """``(d_ff, n_states, p)``: how far each neuron moves each state's expected action per unit

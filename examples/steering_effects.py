@@ -109,10 +109,10 @@ def main(argv: list[str] | None = None) -> int:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     policy = load_policy(args.policy)
-    depths = [f"{kind}_{depth}" for depth in ACTION_DEPTHS for kind in ("concepts_action", "readout")]
+    depths = [f"concepts_action_{depth}" for depth in ACTION_DEPTHS]
     files = {name: out / f"{name}.{'yaml' if name.startswith('concepts') else 'safetensors'}"
              for name in ("concepts", "concepts_reach", "concepts_action", "calibration", "readout", "direction",
-                          "direction_lift", "map_quickly", "map_slowly", "map_lift", *depths)}  # fmt: skip
+                          "direction_lift", "map_quickly", "map_slowly", "map_lift", "readout_all", *depths)}  # fmt: skip
     found = write_concepts(policy, files["concepts"], cache=out / "cache")
     if not all(files[k].exists() for k in ("calibration", "direction", "direction_lift")):
         items = observations(args.tasks, per_task=12)
@@ -136,8 +136,10 @@ def main(argv: list[str] | None = None) -> int:
     items = observations(args.tasks, per_task=12)
     found += [replace(c, name=f"{c.name} (through the action head)")
               for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"], items=items)]
-    for depth, layers in ACTION_DEPTHS.items():  # "fast" found in each depth's layers alone, for the layer ablation
-        write_action_concepts(policy, files[f"concepts_action_{depth}"], ("fast",), readout=files[f"readout_{depth}"],
+    # "fast" found in each depth's layers alone, for the layer ablation: one readout at every layer
+    # (fitted by the first call, the widest), searched a depth at a time
+    for depth, layers in sorted(ACTION_DEPTHS.items(), key=lambda kv: -len(kv[1])):
+        write_action_concepts(policy, files[f"concepts_action_{depth}"], ("fast",), readout=files["readout_all"],
                               items=items, layers=layers)  # fmt: skip
     plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)
     frames = None if args.no_video else "agentview"
