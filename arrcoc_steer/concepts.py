@@ -320,6 +320,39 @@ class ActionMeaning:
         return f"{'more' if self.sign > 0 else 'less'} of the action at dims {list(self.dims)}{where}"
 
 
+@dataclass(frozen=True, eq=False)
+class PromptMeaning:
+    """What a prompt modifier means to the policy itself, state by state: the change that appending
+    it to the instruction makes to each readout state's expected action (``changes``, ``(n_states,
+    p)``, from :func:`~arrcoc_steer.readout.expected_actions` with and without it).
+
+    Where the policy learnt the modifier, this is the behaviour a concept should reproduce without
+    the words. It can differ from a word's rule: on MiniVLA "and lift it high" asks for nothing where
+    the arm already rises (it rises at full speed either way) and, where the plain policy ends its lift
+    and turns to carry, for more rise and no carry yet: its cosine with the "up" rule ("more dz where
+    the arm rises") is 0.03, while "slowly" and the "slow" rule agree (0.96).
+    """
+
+    modifier: str
+    changes: torch.Tensor
+
+    def __post_init__(self):
+        changes = torch.as_tensor(self.changes).detach().float().cpu()
+        if changes.dim() != 2 or not len(changes) or not torch.isfinite(changes).all():
+            raise ConfigError(f"PromptMeaning.changes must be finite (n_states, p), got {tuple(changes.shape)}")
+        object.__setattr__(self, "changes", changes)
+
+    def target(self, actions: torch.Tensor) -> torch.Tensor:
+        """``changes``, checked to be one per state of ``actions``."""
+        if tuple(actions.shape) != tuple(self.changes.shape):
+            raise ConfigError(f"{self.describe()}: measured on {tuple(self.changes.shape)} states x dims, the readout "
+                              f"has {tuple(actions.shape)}; measure it on the readout's states")  # fmt: skip
+        return self.changes
+
+    def describe(self) -> str:
+        return f"what {self.modifier!r} does to each state's action"
+
+
 # Action words, in the 7-D convention of MiniVLA and LIBERO: dx dy dz droll dpitch dyaw gripper (+1 closes).
 ACTION_MEANINGS = {
     "fast": ActionMeaning("along", (0, 1, 2)),
@@ -339,7 +372,7 @@ def action_meaning(word: str) -> ActionMeaning:
 
 
 @torch.no_grad()
-def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, model: nn.Module | Adapter, *,
+def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning | PromptMeaning, model: nn.Module | Adapter, *,
                         name: str | None = None, top_n: int = 20, layers: Iterable[int] | None = None,
                         cluster_k: int = 3, cluster_threshold: float | None = None) -> ConceptSet:  # fmt: skip
     """The ``top_n`` neurons whose effects on the actions best match ``meaning``.
@@ -357,7 +390,8 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
 
     Args:
         readout: the policy's :class:`~arrcoc_steer.readout.ActionReadout`.
-        meaning: a key of :data:`ACTION_MEANINGS` ("fast", "slow", "up", ...) or an :class:`ActionMeaning`.
+        meaning: a key of :data:`ACTION_MEANINGS` ("fast", "slow", "up", ...), an :class:`ActionMeaning`,
+            or a :class:`PromptMeaning` measured on the readout's states.
         model: the model the readout was measured on.
         name: the concept's name (default: the meaning's key).
         top_n: neurons kept (those with a positive score).
@@ -367,7 +401,7 @@ def find_action_concept(readout: ActionReadout, meaning: str | ActionMeaning, mo
     if isinstance(meaning, str):
         name, meaning = name or meaning, action_meaning(meaning)
     adapter = model if isinstance(model, Adapter) else Adapter(model)
-    if max(meaning.dims) >= readout.n_positions or min(meaning.dims) < 0:
+    if isinstance(meaning, ActionMeaning) and not 0 <= min(meaning.dims) <= max(meaning.dims) < readout.n_positions:
         raise ConfigError(f"{meaning.describe()}: the readout has {readout.n_positions} action dims "
                           f"(0..{readout.n_positions - 1})")  # fmt: skip
     searched = readout.layers if layers is None else tuple(adapter.spec.check_layer(l) for l in layers)

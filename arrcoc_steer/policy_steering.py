@@ -7,7 +7,8 @@ they are measured on. This module makes it from scripted-expert rollouts in ``en
 * :func:`write_calibration` -- each neuron's activation scale on them (alpha in calibrated units);
 * :func:`write_concepts` -- concept neurons found from keywords in the policy's atlas (YAML);
 * :func:`write_action_concepts` -- concept neurons found by how they move the policy's actions
-  through its head (an :class:`~arrcoc_steer.readout.ActionReadout` on the same observations);
+  through its head (an :class:`~arrcoc_steer.readout.ActionReadout` on the same observations), as a
+  word's rule asks or as a prompt modifier does;
 * :func:`write_direction` -- a contrastive residual direction, e.g. "... quickly" minus "... slowly",
   on the same observations, so that only the instruction differs;
 * :func:`write_map` -- a residual map from the instruction's activations to those with a modifier.
@@ -15,7 +16,7 @@ they are measured on. This module makes it from scripted-expert rollouts in ``en
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import replace
 from pathlib import Path
 
@@ -89,25 +90,41 @@ def write_concepts(policy, path: str | Path, specs: dict | None = None, *, atlas
 
 def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("fast", "slow", "up"), *,
                           items: list[dict] | None = None, readout: str | Path | None = None, top_n: int = 20,
-                          layers: Sequence[int] | None = None, budget: int = 64) -> list:  # fmt: skip
+                          layers: Sequence[int] | None = None, budget: int = 64,
+                          modifiers: Mapping[str, str] | None = None) -> list:  # fmt: skip
     """Find each action concept (a key of :data:`~arrcoc_steer.concepts.ACTION_MEANINGS`) through the
     policy's action readout (at ``layers``, default the last) and save them as one YAML dictionary.
-    ``readout``: a file to reuse (fitted on ``items`` and written there when missing; fitting costs
-    ~0.05 s per observation at the last layer on 2 CPU cores, the observations themselves ~1 s)."""
-    from .concepts import action_meaning, find_action_concept, save_concepts
-    from .readout import ActionReadout
+    ``modifiers`` (name -> prompt modifier, e.g. ``{"up_shown": "and lift it high"}``) adds concepts
+    found from what each modifier does to the same states' actions (a
+    :class:`~arrcoc_steer.concepts.PromptMeaning`). ``readout``: a file to reuse (fitted on ``items``
+    and written there when missing; fitting costs ~0.05 s per observation at the last layer on 2 CPU
+    cores, the observations themselves ~1 s); a reused file is checked to be from these ``items``
+    when ``modifiers`` need them."""
+    from .concepts import PromptMeaning, action_meaning, find_action_concept, save_concepts
+    from .readout import ActionReadout, expected_actions
 
     for meaning in meanings:  # before the observations' and the readout's work
         action_meaning(meaning)
+    items = items or observations()
+
+    def logits(m, it):
+        return m.action_logits(it["obs"], it["instruction"], budget=budget)
+
     if readout is not None and Path(readout).exists():
         fitted = ActionReadout.load(readout)
     else:
-        fitted = ActionReadout.fit(policy, items or observations(),
-                                   lambda m, it: m.action_logits(it["obs"], it["instruction"], budget=budget),
-                                   layers=layers, progress=True)  # fmt: skip
+        fitted = ActionReadout.fit(policy, items, logits, layers=layers, progress=True)
         if readout is not None:
             fitted.save(readout)
     found = [find_action_concept(fitted, meaning, policy, top_n=top_n, layers=layers) for meaning in meanings]
+    if modifiers:
+        plain = expected_actions(policy, items, logits, values=fitted.values)
+        fitted.check_states(plain)
+        for name, modifier in modifiers.items():
+            shown = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in items]
+            changes = expected_actions(policy, shown, logits, values=fitted.values) - plain
+            found.append(find_action_concept(fitted, PromptMeaning(modifier, changes), policy, name=name, top_n=top_n,
+                                             layers=layers))  # fmt: skip
     save_concepts(path, found)
     return found
 

@@ -123,24 +123,15 @@ class ActionReadout:
 
             return hook
 
-        if values is None:
-            values = getattr(getattr(model, "action_tokenizer", None), "centers", None)
-        bins = None if values is None else torch.as_tensor(values, dtype=torch.float32).flatten()
+        bins = _default_values(model, values)
         jacobians: dict[int, list[torch.Tensor]] = {l: [] for l in layers}
         actions = []
         remove = [roles.track(model)] if positions != "all" and not roles.own else []
         try:
             remove += [adapter.module(f"layers.{l}.mlp.post").register_forward_hook(add(l)).remove for l in layers]
             for item in tqdm(inputs, desc="action readout", disable=not progress, leave=False):
-                out = logits(model, item)
-                out = out[0] if out.dim() == 3 and len(out) == 1 else out
-                if out.dim() != 2:
-                    raise ConfigError(f"logits(model, item) must give (1, p, n_bins) or (p, n_bins), got "
-                                      f"{tuple(out.shape)}")  # fmt: skip
-                if bins is None:
-                    bins = torch.linspace(-1, 1, out.shape[-1])
-                if len(bins) != out.shape[-1]:
-                    raise ConfigError(f"{len(bins)} bin values for {out.shape[-1]} logits per action dim")
+                out = _action_logits(logits(model, item))
+                bins = _bin_values(bins, out)
                 expected = out.float().softmax(-1) @ bins.to(out.device)  # (p,)
                 eye = torch.eye(len(expected), device=out.device)
                 grads = torch.autograd.grad(expected, [deltas[l] for l in layers], grad_outputs=eye,
@@ -154,6 +145,16 @@ class ActionReadout:
         if not actions:
             raise ConfigError("ActionReadout.fit needs at least one input")
         return cls({l: torch.stack(js) for l, js in jacobians.items()}, torch.stack(actions), bins, ModelRef.of(adapter))
+
+    def check_states(self, actions: torch.Tensor, atol: float = 1e-3) -> None:
+        """Raise unless ``actions`` (the expected actions of some states, e.g. from
+        :func:`expected_actions`) are this readout's: a per-state target is only meaningful on the
+        states the Jacobians were measured at."""
+        actions = torch.as_tensor(actions).float().cpu()
+        if actions.shape != self.actions.shape or not torch.allclose(actions, self.actions, atol=atol):
+            raise ConfigError(f"these {tuple(actions.shape)} expected actions are not the readout's "
+                              f"{tuple(self.actions.shape)} states: give the observations it was fitted on, in the "
+                              f"same order (or fit it again on these)")  # fmt: skip
 
     def effects(self, model: nn.Module | Adapter, layer: int) -> torch.Tensor:
         """``(d_ff, n_states, p)``: how far each neuron moves each state's expected action per unit
@@ -193,3 +194,41 @@ class ActionReadout:
             actions, values = f.get_tensor("actions"), f.get_tensor("values")
         model = json.loads(meta.get("model", "null"))
         return cls(jacobians, actions, values, ModelRef(**model) if model else None)
+
+
+@torch.no_grad()
+def expected_actions(model: nn.Module, inputs: Iterable, logits: Callable[[nn.Module, object], torch.Tensor], *,
+                     values: torch.Tensor | Sequence[float] | None = None) -> torch.Tensor:  # fmt: skip
+    """``(n_states, p)`` each input's expected action (the bins' values weighted by their
+    probabilities), as :meth:`ActionReadout.fit` records it; ``logits`` and ``values`` as there. Run
+    on the same states with a modified instruction, the difference is what the modifier means to the
+    policy, state by state (:class:`~arrcoc_steer.concepts.PromptMeaning`)."""
+    bins = _default_values(model, values)
+    actions = []
+    for item in inputs:
+        out = _action_logits(logits(model, item))
+        bins = _bin_values(bins, out)
+        actions.append((out.float().softmax(-1) @ bins.to(out.device)).cpu())
+    if not actions:
+        raise ConfigError("expected_actions needs at least one input")
+    return torch.stack(actions)
+
+
+def _default_values(model: nn.Module, values) -> torch.Tensor | None:
+    if values is None:
+        values = getattr(getattr(model, "action_tokenizer", None), "centers", None)
+    return None if values is None else torch.as_tensor(values, dtype=torch.float32).flatten()
+
+
+def _action_logits(out: torch.Tensor) -> torch.Tensor:
+    out = out[0] if out.dim() == 3 and len(out) == 1 else out
+    if out.dim() != 2:
+        raise ConfigError(f"logits(model, item) must give (1, p, n_bins) or (p, n_bins), got {tuple(out.shape)}")
+    return out
+
+
+def _bin_values(bins: torch.Tensor | None, out: torch.Tensor) -> torch.Tensor:
+    bins = torch.linspace(-1, 1, out.shape[-1]) if bins is None else bins
+    if len(bins) != out.shape[-1]:
+        raise ConfigError(f"{len(bins)} bin values for {out.shape[-1]} logits per action dim")
+    return bins

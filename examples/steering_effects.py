@@ -5,7 +5,8 @@ residual directions, a strength sweep and a layer-depth ablation, in three resum
 
 Steps: the policy's atlas -> "fast" / "slow" / "up" concepts (keywords + embedding neighbours) ->
 the same three found through the action head instead (neurons ranked by how they move each state's
-expected action, an ActionReadout on expert observations) -> per-neuron calibration on those observations ->
+expected action, an ActionReadout on expert observations), by each word's rule and by what the prompt
+modifiers "quickly" / "slowly" / "and lift it high" do to the same actions -> per-neuron calibration on those observations ->
 contrastive residual directions at the action queries, "quickly" - "slowly" and "and lift it
 high" - no modifier, each kept in the layer where it is largest (where the modifier reaches them:
 the last one in MiniVLA) -> residual maps in that layer,
@@ -39,11 +40,17 @@ LIFT = "and lift it high"  # the height modifier; its contrast against no modifi
 # 9 of 12 succeed), "slow" -16 / -41 / -53% at 0.5 / 1 / 1.5 (11, 10, 5 of 12), "up" 11/12 at 0.5 and
 # 6/12 at 1. The sweeps part adds 0.5, 1 and 2 for "fast" and "slow", and "fast" found at each depth.
 ACTION_ALPHA = {"fast": 1.5, "slow": 1.0, "up": 0.5}
+# The same words found from what the policy does with them: neurons whose effects match the change each
+# prompt modifier makes to the readout states' actions (a PromptMeaning). Development seeds, 12 episodes:
+# "slow_prompt" -34 / -52 / -58% speed at 0.5 / 0.75 / 1 (10, 2, 0 of 12 succeed); "up_prompt" peak
+# +1 / +3 / +7 / +1% at 0.5 / 1 / 2 / 3 (11, 12, 12, 4 of 12); "fast_prompt" +19 / +25% at 1.5 / 2.5 (10, 0).
+PROMPT_CONCEPTS = {"fast_prompt": "quickly", "slow_prompt": "slowly", "up_prompt": LIFT}
+ACTION_ALPHA |= {"fast_prompt": 1.5, "slow_prompt": 0.5, "up_prompt": 2.0}
 ACTION_SWEEP = (0.5, 1.0, 2.0)
 
 
 def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[float], n_controls: int,
-           strengths: list[float]) -> dict[str, list]:  # fmt: skip
+           strengths: list[float], n_action_controls: int = 20) -> dict[str, list]:  # fmt: skip
     """The three sweeps' conditions, most important first within each (a sweep runs condition by
     condition, so one cut short still holds its first rows). ``reach``: the layers where the
     modifier reaches the action queries (the maps and ``concepts_reach`` live there)."""
@@ -68,8 +75,9 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
 
     action = {name: by_action(name, a) for name, a in ACTION_ALPHA.items()}
     main = [*prompts, *action.values(), *maps.values(), *residual.values(), *at_reach.values(), *all_layers, *lift]
-    controls = [{"kind": "unsteered"}, action["slow"], action["fast"],
-                *random_controls(action["slow"], n_controls), *random_controls(action["fast"], n_controls),
+    controls = [{"kind": "unsteered"}, action["slow"], action["fast"], action["slow_prompt"], action["up_prompt"],
+                *random_controls(action["slow"], n_action_controls), *random_controls(action["slow_prompt"], n_controls),
+                *random_controls(action["up_prompt"], n_controls), *random_controls(action["fast"], n_action_controls),
                 *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
                 *random_controls(maps["quickly"], n_controls), *random_controls(maps["slowly"], n_controls),
                 *random_controls(residual[main_strength], n_controls),
@@ -96,6 +104,8 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--alpha", type=float, default=4.0, help="calibrated clamp strength of the main comparison")
     p.add_argument("--alphas", type=float, nargs="+", default=[2, 4, 6, 8, 10, 20], help="alpha sweep")
     p.add_argument("--controls", type=int, default=20, help="random-neuron controls per concept")
+    p.add_argument("--action-controls", type=int, default=20,
+                   help="random-neuron controls of the concepts found through the action head (more resolve a percentile finer)")
     p.add_argument("--strengths", type=float, nargs="+", default=[2.0, 1.0, 3.0],
                    help="residual strengths, in multiples of the mean contrast (the first is the main comparison)")
     p.add_argument("--control-seeds", type=int, default=3, help="seeds per task of the random-control sweep")
@@ -135,13 +145,14 @@ def main(argv: list[str] | None = None) -> int:
               for c in write_concepts(policy, files["concepts_reach"], cache=out / "cache", layers=reach)]
     items = observations(args.tasks, per_task=12)
     found += [replace(c, name=f"{c.name} (through the action head)")
-              for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"], items=items)]
+              for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"], items=items,
+                                            modifiers=PROMPT_CONCEPTS)]
     # "fast" found in each depth's layers alone, for the layer ablation: one readout at every layer
     # (fitted by the first call, the widest), searched a depth at a time
     for depth, layers in sorted(ACTION_DEPTHS.items(), key=lambda kv: -len(kv[1])):
         write_action_concepts(policy, files[f"concepts_action_{depth}"], ("fast",), readout=files["readout_all"],
                               items=items, layers=layers)  # fmt: skip
-    plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths)
+    plan = sweeps(files, reach, args.alpha, args.alphas, args.controls, args.strengths, args.action_controls)
     frames = None if args.no_video else "agentview"
     folders = []
     for part in args.parts:

@@ -45,6 +45,8 @@ def test_steering_effects_example_runs_end_to_end(tmp_path):
     assert "prompt_and_lift_it_high" in main and "residual_map_lift_1_action" in main
     assert "action_fast_clamp1.5cal" in main and "action_up_clamp0.5cal" in main
     assert "random_slow_clamp1cal_action_s0" in controls and "random_fast_clamp1.5cal_action_s0" in controls
+    assert "action_slow_prompt_clamp0.5cal" in main and "action_up_prompt_clamp2cal" in main
+    assert "random_slow_prompt_clamp0.5cal_action_s0" in controls
     sweeps = (tmp_path / "sweeps" / "results.csv").read_text()
     assert "residual_direction_lift_4_action" in sweeps and "action_fast_clamp0.5cal" in sweeps
     assert all(f"action_fast_clamp1.5cal_{depth}" in sweeps for depth in ("early", "middle", "late", "all"))

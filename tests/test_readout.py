@@ -4,13 +4,13 @@ and the concepts found through it."""
 import pytest
 import torch
 
-from arrcoc_steer.concepts import (ACTION_MEANINGS, ActionMeaning, ModelRef, find_action_concept, load_concepts,
-                                   save_concepts)  # fmt: skip
+from arrcoc_steer.concepts import (ACTION_MEANINGS, ActionMeaning, ModelRef, PromptMeaning, find_action_concept,
+                                   load_concepts, save_concepts)  # fmt: skip
 from arrcoc_steer.errors import CheckpointError, ConfigError, SteeringError, UnknownNameError
 from arrcoc_steer.models.adapters import Adapter
 from arrcoc_steer.models.minivla import MiniVLA
-from arrcoc_steer.policy_steering import write_action_concepts
-from arrcoc_steer.readout import ActionReadout
+from arrcoc_steer.policy_steering import observations, with_modifier, write_action_concepts
+from arrcoc_steer.readout import ActionReadout, expected_actions
 from arrcoc_steer.steering import Intervention, ResidualDirection, Steerer
 
 
@@ -170,6 +170,61 @@ def test_write_action_concepts_fits_once_and_reuses_the_readout(policy, items, t
                                   top_n=3)  # fmt: skip
     assert [c.neurons for c in again] == [c.neurons for c in first]
     assert set(load_concepts(tmp_path / "b.yaml")) == {"fast", "open"}
+
+
+def test_a_prompt_meaning_finds_the_neurons_that_do_what_the_modifier_does(policy, items, readout):
+    """The changes a modifier makes are measured on the readout's own states (checked); a neuron whose
+    effects are those changes ranks first, and one whose effects are their opposite is not kept."""
+    plain = expected_actions(policy, items, logits)
+    assert torch.allclose(plain, readout.actions, atol=1e-5)
+    readout.check_states(plain)
+    with pytest.raises(ConfigError, match="not the readout's"):
+        readout.check_states(plain.flip(0))
+    with pytest.raises(ConfigError, match="not the readout's"):
+        readout.check_states(plain[:-1])
+    shown = [{**it, "instruction": with_modifier(it["instruction"], "quickly")} for it in items]
+    changes = expected_actions(policy, shown, logits) - plain
+    assert changes.abs().max() > 0  # the modifier reaches the actions, even untrained
+    quickly = PromptMeaning("quickly", changes)
+    effects = readout.effects(policy, readout.layers[0])
+    scores = (effects.flatten(1) @ changes.flatten()) / (effects.flatten(1).norm(dim=1) * changes.norm())
+    found = find_action_concept(readout, quickly, policy, top_n=5, name="quickly_shown")
+    assert [n for _, n in found.neurons] == scores.topk(5).indices.tolist()
+    assert found.name == "quickly_shown" and "'quickly'" in found.meaning
+    opposite = find_action_concept(readout, PromptMeaning("not quickly", -changes), policy, top_n=5)
+    assert not set(found.neurons) & set(opposite.neurons)
+    with pytest.raises(ConfigError, match="measure it on the readout's states"):
+        find_action_concept(readout, PromptMeaning("quickly", changes[:-1]), policy)
+    with pytest.raises(ConfigError, match="finite"):
+        PromptMeaning("quickly", torch.full((2, 7), float("nan")))
+
+
+def test_the_shipped_policy_means_by_slowly_and_quickly_what_the_rules_say():
+    """Measured, not written in: on expert states of the trained policy, the change "slowly" makes to
+    the actions points with the "slow" rule (a shorter move the way the arm goes), "quickly" with
+    "fast"."""
+    from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, load_policy
+
+    trained = load_policy(DEFAULT_CHECKPOINT)
+    states = observations(("PickRedBlockIntoTray",), per_task=8, every=3)
+    plain = expected_actions(trained, states, logits)
+    for modifier, word in (("slowly", "slow"), ("quickly", "fast")):
+        shown = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in states]
+        changes = (expected_actions(trained, shown, logits) - plain).flatten()
+        rule = ACTION_MEANINGS[word].target(plain).flatten()
+        assert changes @ rule / (changes.norm() * rule.norm()) > 0.5, modifier
+
+
+def test_write_action_concepts_finds_concepts_from_modifiers_on_the_readouts_states(policy, items, tmp_path):
+    path = tmp_path / "readout.safetensors"
+    found = write_action_concepts(policy, tmp_path / "a.yaml", ("fast",), items=items, readout=path, top_n=3,
+                                  modifiers={"up_shown": "and lift it high"})  # fmt: skip
+    assert [c.name for c in found] == ["fast", "up_shown"] and "'and lift it high'" in found[1].meaning
+    assert set(load_concepts(tmp_path / "a.yaml")) == {"fast", "up_shown"}
+    with pytest.raises(ConfigError, match="not the readout's"):  # a reused readout from other states
+        write_action_concepts(policy, tmp_path / "b.yaml", ("fast",), items=items[::-1], readout=path,
+                              modifiers={"up_shown": "and lift it high"})  # fmt: skip
+    assert not (tmp_path / "b.yaml").exists()
 
 
 def test_the_concepts_command_finds_action_concepts(policy, readout, tmp_path, capsys):
