@@ -31,6 +31,8 @@ Length-controlled metrics (:func:`windowed_metrics`), the ones DESIGN.md asks ef
 =====================  ==========================================================================
 ``speed_w``            mean ``v_t`` over the first ``W`` steps, ``t < W``
 ``path_x|y|z_w``       distance travelled along each axis in the first ``W`` steps (m)
+``mean_ee_z_w``        mean tool-centre-point height above the table over those steps' positions
+                       (m): how high the arm works, where ``peak_ee_z`` is one instant
 =====================  ==========================================================================
 
 The matched window ``W`` is fixed per task across every condition and seed compared
@@ -45,6 +47,8 @@ or for a policy failure) is measured over the steps it has, and its ``window_ste
 [0.1, 0.224, 0.0]
 >>> round(windowed_metrics(p, 2)["speed_w"], 3)
 0.162
+>>> round(windowed_metrics(p, 2)["mean_ee_z_w"], 3)
+0.107
 """
 
 from __future__ import annotations
@@ -60,7 +64,7 @@ EPISODE_METRICS = (
     "success", "length", "speed_mean", "path_x", "path_y", "path_z", "peak_ee_z", "peak_target_lift",
     "gripper_closes", "gripper_opens", "time_to_grasp", "placement_error",
 )  # fmt: skip
-WINDOWED_METRICS = ("speed_w", "path_x_w", "path_y_w", "path_z_w")
+WINDOWED_METRICS = ("speed_w", "path_x_w", "path_y_w", "path_z_w", "mean_ee_z_w")
 METRICS = EPISODE_METRICS + WINDOWED_METRICS
 BINARY_METRICS = ("success",)
 
@@ -164,14 +168,14 @@ def windowed_metrics(ee_pos: np.ndarray, window: int) -> dict[str, float]:
         raise ConfigError(f"window must be >= 1 step, got {window}")
     p = np.asarray(ee_pos, np.float64)[: window + 1]
     if len(p) < 2:
-        return {"speed_w": float("nan"), "path_x_w": float("nan"), "path_y_w": float("nan"),
-                "path_z_w": float("nan"), "window_steps": 0}  # fmt: skip
+        return {**dict.fromkeys(WINDOWED_METRICS, float("nan")), "window_steps": 0}
     steps = np.abs(np.diff(p, axis=0))
     return {
         "speed_w": float(step_speeds(p).mean()),
         "path_x_w": float(steps[:, 0].sum()),
         "path_y_w": float(steps[:, 1].sum()),
         "path_z_w": float(steps[:, 2].sum()),
+        "mean_ee_z_w": float(p[:, 2].mean()),
         "window_steps": len(steps),
     }
 

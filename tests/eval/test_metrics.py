@@ -67,6 +67,16 @@ def test_windowed_metrics_compare_equal_time_spans():
     assert episode_metrics(slow)["path_x"] == pytest.approx(episode_metrics(fast)["path_x"], rel=0.01)
 
 
+def test_mean_height_is_over_the_window_not_the_whole_episode():
+    """An arm that rises 10 cm in its first 10 steps then holds: over the first 10 steps it works at
+    half the lift on average; a later climb outside the window does not count."""
+    z = np.r_[np.linspace(0.1, 0.2, 11), np.full(10, 0.2), np.full(10, 0.5)]
+    ee_pos = np.c_[np.zeros((len(z), 2)), z]
+    assert windowed_metrics(ee_pos, 10)["mean_ee_z_w"] == pytest.approx(0.15)
+    assert windowed_metrics(ee_pos, 20)["mean_ee_z_w"] == pytest.approx((0.15 * 11 + 0.2 * 10) / 21)
+    assert np.isnan(windowed_metrics(ee_pos[:1], 10)["mean_ee_z_w"])
+
+
 def test_matched_window_ignores_failed_and_crashed_episodes():
     rows = [{"task": "a", "status": "policy_error", "length": 0}, {"task": "a", "status": "ok", "length": 12},
             {"task": "a", "status": "crashed", "length": 0}, {"task": "b", "status": "ok", "length": 30}]
