@@ -6,6 +6,7 @@
     arrcoc-steer atlas --search fast       the neuron atlas of the policy
     arrcoc-steer concepts fast=fast,quick/slow   concept neurons -> concepts.yaml
     arrcoc-steer concepts fast slow --action     ... found by what they do to the actions instead
+    arrcoc-steer concepts --action --modifier up_prompt='and lift it high'   ... that do what a prompt does
     arrcoc-steer direction quickly slowly  a contrastive residual direction
     arrcoc-steer eval --tasks goal         closed-loop evaluation under conditions
     arrcoc-steer sweep sweep.yaml          the same, from a YAML file
@@ -139,12 +140,15 @@ def cmd_atlas(args: argparse.Namespace) -> int:
 
 
 def _setup_concepts(p: argparse.ArgumentParser) -> None:
-    p.add_argument("specs", nargs="+", metavar="NAME=WORD[,WORD][/AGAINST[,AGAINST]]",
+    p.add_argument("specs", nargs="*", metavar="NAME=WORD[,WORD][/AGAINST[,AGAINST]]",
                    help="e.g. fast=fast,quick/slow slow=slow,slowly/fast up=up,upward/down; with --action, "
                         "action meanings: fast slow up down open close")  # fmt: skip
     p.add_argument("--action", action="store_true",
                    help="rank neurons by how they move the policy's actions through its head, state by state (an action "
                         "readout on scripted-expert observations), instead of by the words their value vectors point at")  # fmt: skip
+    p.add_argument("--modifier", action="append", default=[], metavar="NAME=MODIFIER",
+                   help="with --action: a concept found from what a prompt modifier does to the same states' actions, "
+                        "e.g. --modifier up_prompt='and lift it high' (repeatable)")  # fmt: skip
     p.add_argument("--readout", help="with --action: readout file to reuse, or to write when missing "
                    "(default: next to --out)")  # fmt: skip
     p.add_argument("--policy", help="MiniVLA checkpoint folder (default: the shipped policy)")
@@ -168,19 +172,37 @@ def parse_concept_spec(spec: str) -> tuple[str, list[str], list[str]]:
     return name, keywords, [w for w in against.split(",") if w]
 
 
+def parse_modifier(spec: str) -> tuple[str, str]:
+    """``"up_prompt=and lift it high"`` -> ``("up_prompt", "and lift it high")``."""
+    from .errors import ConfigError
+
+    name, sep, modifier = spec.partition("=")
+    if not sep or not name.strip() or not modifier.strip():
+        raise ConfigError(f"--modifier {spec!r} must look like NAME=MODIFIER, e.g. up_prompt='and lift it high'")
+    return name.strip(), modifier.strip()
+
+
 @command("concepts", "find concept neurons from keywords in the atlas; write a YAML dictionary", _setup_concepts)
 def cmd_concepts(args: argparse.Namespace) -> int:
     from .atlas import NeuronAtlas
     from .models.minivla import load_policy
     from .policy_steering import write_action_concepts, write_calibration, write_concepts
 
+    from .errors import ConfigError
+
+    modifiers = dict(parse_modifier(m) for m in args.modifier)
+    if modifiers and not args.action:
+        raise ConfigError("--modifier finds concepts through the action head: add --action")
+    if not args.specs and not modifiers:
+        raise ConfigError("name at least one concept: a spec (e.g. fast=fast,quick/slow, or with --action a meaning "
+                          "such as fast) or, with --action, a --modifier NAME=MODIFIER")  # fmt: skip
     policy = load_policy(args.policy)
     if args.action:
         from pathlib import Path
 
         readout = args.readout or Path(args.out).with_suffix(".readout.safetensors")
         for concept in write_action_concepts(policy, args.out, args.specs, readout=readout, top_n=args.top_n or 20,
-                                             layers=args.layers):  # fmt: skip
+                                             layers=args.layers, modifiers=modifiers):  # fmt: skip
             print(f"{concept.name}: {len(concept.neurons)} neurons, {concept.meaning}")
             print("  " + ", ".join(f"L{l} N{n} ({s:.2f})" for (l, n), s in zip(concept.neurons[:8], concept.scores)))
         print(f"wrote {args.out} (readout: {readout})")

@@ -240,6 +240,16 @@ def test_the_concepts_command_finds_action_concepts(policy, readout, tmp_path, c
     assert main([*base[:-2], "--readout", str(tmp_path / "none.safetensors"), "quick"]) == 2  # checked before fitting
     assert "Unknown action meaning 'quick'" in capsys.readouterr().err
     assert not (tmp_path / "none.safetensors").exists()
+    lift = ["--modifier", "up_prompt=and lift it high", "--top-n", "3"]
+    assert main([*base, *lift, "--out", str(tmp_path / "m.yaml")]) == 2  # the readout is of other states
+    assert "not the readout's" in capsys.readouterr().err and not (tmp_path / "m.yaml").exists()
+    fresh = [*base[:-2], "--readout", str(tmp_path / "fresh.safetensors")]  # fitted on the command's own states
+    assert main([*fresh, *lift, "--out", str(tmp_path / "m.yaml")]) == 0
+    assert list(load_concepts(tmp_path / "m.yaml")) == ["up_prompt"] and "'and lift it high'" in capsys.readouterr().out
+    assert main(["concepts", "--modifier", "up=and lift it high"]) == 2
+    assert "add --action" in capsys.readouterr().err
+    assert main([*fresh, "--modifier", "up"]) == 2 and "NAME=MODIFIER" in capsys.readouterr().err
+    assert main(fresh) == 2 and "name at least one concept" in capsys.readouterr().err
 
 
 def test_the_readout_works_on_any_adapted_model():
