@@ -14,6 +14,8 @@ Whole-episode metrics (:func:`episode_metrics`):
                        grows with episode length -- prefer ``path_*_w``
 ``peak_ee_z``          highest tool-centre-point height above the table (m)
 ``peak_target_lift``   highest target-object height minus its height at reset (m)
+``carry_ee_z``         mean tool-centre-point height over the steps where the target is held (m): how
+                       high the arm carries, whatever the episode's pace; NaN if it is never grasped
 ``gripper_closes``     commanded closings: the gripper command (action[6]) goes from < 0 (or the
                        open start) to > 0; ``gripper_opens`` the reverse; exactly 0 keeps the state
 ``time_to_grasp``      first step at which both fingers hold the target object (steps); None if never
@@ -32,7 +34,8 @@ Length-controlled metrics (:func:`windowed_metrics`), the ones DESIGN.md asks ef
 ``speed_w``            mean ``v_t`` over the first ``W`` steps, ``t < W``
 ``path_x|y|z_w``       distance travelled along each axis in the first ``W`` steps (m)
 ``mean_ee_z_w``        mean tool-centre-point height above the table over those steps' positions
-                       (m): how high the arm works, where ``peak_ee_z`` is one instant
+                       (m): how high the arm works, where ``peak_ee_z`` is one instant; a slower
+                       arm that is still above its object scores higher -- ``carry_ee_z`` is not paced
 =====================  ==========================================================================
 
 The matched window ``W`` is fixed per task across every condition and seed compared
@@ -61,7 +64,7 @@ from ..errors import ConfigError
 from .rollout import CONTROL_HZ, EpisodeRecord
 
 EPISODE_METRICS = (
-    "success", "length", "speed_mean", "path_x", "path_y", "path_z", "peak_ee_z", "peak_target_lift",
+    "success", "length", "speed_mean", "path_x", "path_y", "path_z", "peak_ee_z", "peak_target_lift", "carry_ee_z",
     "gripper_closes", "gripper_opens", "time_to_grasp", "placement_error",
 )  # fmt: skip
 WINDOWED_METRICS = ("speed_w", "path_x_w", "path_y_w", "path_z_w", "mean_ee_z_w")
@@ -152,6 +155,7 @@ def episode_metrics(rec: EpisodeRecord) -> dict[str, float | int | None]:
         "path_z": float(steps[:, 2].sum()) if len(steps) else nan,
         "peak_ee_z": float(rec.ee_pos[:, 2].max()) if len(rec.ee_pos) else nan,
         "peak_target_lift": float(rec.target_pose[:, 2].max() - z0) if len(rec.target_pose) else nan,
+        "carry_ee_z": float(rec.ee_pos[held, 2].mean()) if len(held) else nan,
         "gripper_closes": closes,
         "gripper_opens": opens,
         "time_to_grasp": int(held[0]) if len(held) else None,

@@ -25,7 +25,7 @@ TABLE_METRICS = (
     ("success", "success", "{:.2f}"),
     ("speed_w", "speed (m/s, matched window)", "{:.3f}"),
     ("peak_ee_z", "peak EE height (m)", "{:.3f}"),
-    ("mean_ee_z_w", "mean EE height (m, matched window)", "{:.3f}"),
+    ("carry_ee_z", "carry height (m)", "{:.3f}"),
     ("length", "length (steps)", "{:.1f}"),
 )
 

@@ -31,6 +31,10 @@ def test_episode_metrics_follow_their_rules():
     assert m["path_z"] == pytest.approx(0.01, rel=1e-4)
     assert m["peak_ee_z"] == pytest.approx(0.11) and m["peak_target_lift"] == pytest.approx(0.05)
     assert (m["gripper_closes"], m["gripper_opens"], m["time_to_grasp"]) == (1, 1, 5)
+    assert m["carry_ee_z"] == pytest.approx(0.11)  # held from step 5, when the arm is 1 cm up
+    low = record()
+    low.grasped[:] = np.arange(11) < 5  # held only before the rise
+    assert episode_metrics(low)["carry_ee_z"] == pytest.approx(0.10)
     assert np.isnan(m["placement_error"])  # a lift has no destination
 
 
@@ -48,6 +52,7 @@ def test_no_steps_gives_nan_not_an_error():
                         target_pose=np.zeros((1, 7), np.float32), grasped=np.zeros(1, bool))
     m = episode_metrics(rec)
     assert np.isnan(m["speed_mean"]) and m["time_to_grasp"] is None and m["gripper_closes"] == 0
+    assert np.isnan(m["carry_ee_z"])  # never held
 
 
 def test_gripper_events_start_open_and_ignore_zero():
