@@ -343,7 +343,9 @@ class SweepResults:
 
 def _row(doc: dict) -> dict:
     row = {k: doc[k] for k in ("task", "condition", "seed", "status", "attempts", "instruction", "error")}
-    row.update(doc["metrics"] or dict.fromkeys(EPISODE_METRICS))
+    row.update(dict.fromkeys(EPISODE_METRICS), **(doc["metrics"] or {}))
+    # metrics added to the library after the episode ran: recomputed from its arrays by aggregate()
+    row["_backfill"] = bool(doc["metrics"]) and not set(EPISODE_METRICS) <= set(doc["metrics"])
     notes = doc.get("notes") or {}
     row.update(in_band=notes.get("in_band"), reference=notes.get("reference"),
                target_ratio=notes.get("target_ratio"), tolerance=notes.get("tolerance"))  # fmt: skip
@@ -371,10 +373,16 @@ def aggregate(out_dir: str | Path, *, window: int | str = "min", metrics: Sequen
     windows = matched_windows(rows, window)
     for r in rows:
         r["window"] = windows[r["task"]]
+        backfill = r.pop("_backfill")
         empty = dict.fromkeys((*WINDOWED_METRICS, "window_steps", "outcome"))
         if r["status"] != "crashed":
             arrays = load_file(folder.path(episode_key(r["task"], r["condition"], r["seed"]), ".safetensors"))
             empty = windowed_metrics(arrays["ee_pos"], windows[r["task"]])
+            if backfill:
+                fields = {k: v for k, v in arrays.items() if k in ARRAY_FIELDS}
+                fresh = episode_metrics(EpisodeRecord(r["task"], r["condition"], r["seed"], success=bool(r["success"]),
+                                                      length=int(r["length"]), **fields))  # fmt: skip
+                empty.update({k: v for k, v in fresh.items() if r.get(k) is None})
             empty["outcome"] = episode_outcome(bool(r["success"]), arrays.get("grasped", np.zeros(0)),
                                                arrays.get("target_pose", np.zeros((0, 7))),
                                                arrays.get("destination_pose", np.zeros((0, 7))),

@@ -56,6 +56,22 @@ def test_a_sweep_writes_every_episode_and_pairs_the_statistics(tmp_path, capsys)
     assert f"| {quick['pct_change']:+.1f}% (" in quick_row and len(table) == 2 + len(CONDITIONS)
 
 
+def test_a_metric_added_after_the_episodes_ran_is_recomputed_from_their_arrays(tmp_path):
+    from arrcoc_steer.eval.sweep import aggregate
+
+    r = evaluate(ExpertPolicy(), ["LiftRedBlock"], ["unsteered"], seeds=2, out_dir=tmp_path, backend="serial",
+                 progress=False)  # fmt: skip
+    now = {row["seed"]: row for row in r.rows}
+    assert all(0 < row["carry_ee_z"] < 1 for row in now.values())  # the expert lifts the block it holds
+    for path in (tmp_path / "episodes").glob("*.json"):  # as an older version wrote them
+        doc = json.loads(path.read_text())
+        del doc["metrics"]["carry_ee_z"]
+        path.write_text(json.dumps(doc))
+    again = {row["seed"]: row for row in aggregate(tmp_path).rows}
+    assert all(again[s]["carry_ee_z"] == pytest.approx(now[s]["carry_ee_z"]) for s in now)
+    assert all(again[s]["speed_w"] == now[s]["speed_w"] for s in now) and "_backfill" not in again[1_000_000]
+
+
 def test_resume_after_ctrl_c_runs_only_what_is_missing(tmp_path):
     with pytest.raises(KeyboardInterrupt):
         evaluate(InterruptingExpert(after=4), ["LiftRedBlock"], CONDITIONS[:2], seeds=3, out_dir=tmp_path,
