@@ -38,7 +38,7 @@ LIFT = "and lift it high"  # the height modifier; its contrast against no modifi
 # Calibrated clamp strengths of the concepts found through the action head, chosen on development seeds
 # (7,000,000+, 12 episodes each): "fast" +20 / +25 / +24 / +28% speed at 1 / 1.25 / 1.5 / 2 (11, 11, 11,
 # 9 of 12 succeed), "slow" -16 / -41 / -53% at 0.5 / 1 / 1.5 (11, 10, 5 of 12), "up" 11/12 at 0.5 and
-# 6/12 at 1. The sweeps part adds 0.5, 1 and 2 for "fast" and "slow", and "fast" found at each depth.
+# 6/12 at 1. The sweeps part adds the other strengths of ACTION_SWEEP, and "fast" found at each depth.
 ACTION_ALPHA = {"fast": 1.5, "slow": 1.0, "up": 0.5}
 # The same words found from what the policy does with them: neurons whose effects match the change each
 # prompt modifier makes to the readout states' actions (a PromptMeaning). Development seeds, 12 episodes:
@@ -46,7 +46,7 @@ ACTION_ALPHA = {"fast": 1.5, "slow": 1.0, "up": 0.5}
 # +1 / +3 / +7 / +1% at 0.5 / 1 / 2 / 3 (11, 12, 12, 4 of 12); "fast_prompt" +19 / +25% at 1.5 / 2.5 (10, 0).
 PROMPT_CONCEPTS = {"fast_prompt": "quickly", "slow_prompt": "slowly", "up_prompt": LIFT}
 ACTION_ALPHA |= {"fast_prompt": 1.5, "slow_prompt": 0.5, "up_prompt": 2.0}
-ACTION_SWEEP = (0.5, 1.0, 2.0)
+ACTION_SWEEP = {"fast": (0.5, 1.0, 2.0), "slow": (0.5, 1.0, 2.0), "up": (1.0,), "up_prompt": (1.0,)}
 
 
 def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[float], n_controls: int,
@@ -83,7 +83,7 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
                 *random_controls(residual[main_strength], n_controls),
                 *random_controls(at_reach["slow"], n_controls), *random_controls(at_reach["fast"], n_controls)]
     ablations = [{"kind": "unsteered"},
-                 *(by_action(name, a) for a in ACTION_SWEEP for name in ("slow", "fast") if a != ACTION_ALPHA[name]),
+                 *(by_action(name, a) for name, sweep in ACTION_SWEEP.items() for a in sweep if a != ACTION_ALPHA[name]),
                  *(by_action("fast", ACTION_ALPHA["fast"], depth) for depth in ACTION_DEPTHS),
                  Residual(direction=str(files["map_lift"]), strength=0.5, positions="action"),
                  *(Residual(direction=str(files["map_quickly"]), strength=s, positions="action") for s in (0.5, 2.0)),
