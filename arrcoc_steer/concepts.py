@@ -352,6 +352,13 @@ class PromptMeaning:
     def describe(self) -> str:
         return f"what {self.modifier!r} does to each state's action"
 
+    def agreement(self, meaning: str | ActionMeaning, actions: torch.Tensor) -> float:
+        """Cosine, over all states and dims, between this change and what ``meaning`` (a rule) asks
+        of the same states' ``actions``: whether the policy means by the words what the rule says."""
+        rule = (action_meaning(meaning) if isinstance(meaning, str) else meaning).target(actions).flatten()
+        change = self.target(actions).flatten()
+        return float(change @ rule / (change.norm() * rule.norm()).clamp_min(1e-12))
+
 
 # Action words, in the 7-D convention of MiniVLA and LIBERO: dx dy dz droll dpitch dyaw gripper (+1 closes).
 ACTION_MEANINGS = {

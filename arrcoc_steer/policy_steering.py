@@ -100,7 +100,7 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
     and written there when missing; fitting costs ~0.05 s per observation at the last layer on 2 CPU
     cores, the observations themselves ~1 s); a reused file is checked to be from these ``items``
     when ``modifiers`` need them."""
-    from .concepts import PromptMeaning, action_meaning, find_action_concept, save_concepts
+    from .concepts import action_meaning, find_action_concept, save_concepts
     from .readout import ActionReadout, expected_actions
 
     for meaning in meanings:  # before the observations' and the readout's work
@@ -121,12 +121,26 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
         plain = expected_actions(policy, items, logits, values=fitted.values)
         fitted.check_states(plain)
         for name, modifier in modifiers.items():
-            shown = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in items]
-            changes = expected_actions(policy, shown, logits, values=fitted.values) - plain
-            found.append(find_action_concept(fitted, PromptMeaning(modifier, changes), policy, name=name, top_n=top_n,
-                                             layers=layers))  # fmt: skip
+            shown = prompt_meaning(policy, items, modifier, budget=budget, plain=plain)
+            found.append(find_action_concept(fitted, shown, policy, name=name, top_n=top_n, layers=layers))
     save_concepts(path, found)
     return found
+
+
+def prompt_meaning(policy, items: list[dict], modifier: str, *, budget: int = 64, plain=None):
+    """What ``modifier`` means to ``policy`` on ``items``: the change appending it to each instruction
+    makes to the expected action (a :class:`~arrcoc_steer.concepts.PromptMeaning`). ``plain``: the
+    items' expected actions without it, when already computed."""
+    from .concepts import PromptMeaning
+    from .readout import expected_actions
+
+    def logits(m, it):
+        return m.action_logits(it["obs"], it["instruction"], budget=budget)
+
+    if plain is None:
+        plain = expected_actions(policy, items, logits)
+    shown = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in items]
+    return PromptMeaning(modifier, expected_actions(policy, shown, logits) - plain)
 
 
 def write_direction(policy, path: str | Path, positive: str = "quickly", negative: str = "slowly", *,

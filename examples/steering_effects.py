@@ -26,8 +26,9 @@ from pathlib import Path
 
 from arrcoc_steer.eval import Concept, Residual, evaluate, random_controls
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, load_policy
-from arrcoc_steer.policy_steering import (observations, runner, with_modifier, write_action_concepts, write_calibration,
-                                         write_concepts, write_direction, write_map)
+from arrcoc_steer.policy_steering import (observations, prompt_meaning, runner, with_modifier, write_action_concepts,
+                                          write_calibration, write_concepts, write_direction, write_map)
+from arrcoc_steer.readout import ActionReadout
 from arrcoc_steer.steering import ResidualDirection, ResidualMap
 from arrcoc_steer.viz.report import ConceptNeurons, ReportExtras, write_report
 
@@ -147,6 +148,11 @@ def main(argv: list[str] | None = None) -> int:
     found += [replace(c, name=f"{c.name} (through the action head)")
               for c in write_action_concepts(policy, files["concepts_action"], readout=files["readout"], items=items,
                                             modifiers=PROMPT_CONCEPTS)]
+    rules = ActionReadout.load(files["readout"]).actions  # the expected actions of the same states
+    for name, modifier in PROMPT_CONCEPTS.items():
+        rule = name.removesuffix("_prompt")
+        agree = prompt_meaning(policy, items, modifier, plain=rules).agreement(rule, rules)
+        print(f"what {modifier!r} does to the actions, against the {rule!r} rule: cosine {agree:.2f}")
     # "fast" found in each depth's layers alone, for the layer ablation: one readout at every layer
     # (fitted by the first call, the widest), searched a depth at a time
     for depth, layers in sorted(ACTION_DEPTHS.items(), key=lambda kv: -len(kv[1])):

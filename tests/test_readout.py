@@ -9,7 +9,7 @@ from arrcoc_steer.concepts import (ACTION_MEANINGS, ActionMeaning, ModelRef, Pro
 from arrcoc_steer.errors import CheckpointError, ConfigError, SteeringError, UnknownNameError
 from arrcoc_steer.models.adapters import Adapter
 from arrcoc_steer.models.minivla import MiniVLA
-from arrcoc_steer.policy_steering import observations, with_modifier, write_action_concepts
+from arrcoc_steer.policy_steering import observations, prompt_meaning, with_modifier, write_action_concepts
 from arrcoc_steer.readout import ActionReadout, expected_actions
 from arrcoc_steer.steering import Intervention, ResidualDirection, Steerer
 
@@ -209,10 +209,11 @@ def test_the_shipped_policy_means_by_slowly_and_quickly_what_the_rules_say():
     states = observations(("PickRedBlockIntoTray",), per_task=8, every=3)
     plain = expected_actions(trained, states, logits)
     for modifier, word in (("slowly", "slow"), ("quickly", "fast")):
-        shown = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in states]
-        changes = (expected_actions(trained, shown, logits) - plain).flatten()
-        rule = ACTION_MEANINGS[word].target(plain).flatten()
-        assert changes @ rule / (changes.norm() * rule.norm()) > 0.5, modifier
+        shown = prompt_meaning(trained, states, modifier)
+        assert shown.agreement(word, plain) > 0.5, modifier
+        assert shown.agreement({"slow": "fast", "fast": "slow"}[word], plain) < -0.5
+        assert torch.allclose(shown.target(plain) + plain, expected_actions(trained, [
+            {**it, "instruction": with_modifier(it["instruction"], modifier)} for it in states], logits), atol=1e-5)
 
 
 def test_write_action_concepts_finds_concepts_from_modifiers_on_the_readouts_states(policy, items, tmp_path):
