@@ -27,6 +27,7 @@ _EXPORTS = {
     "find_concept": "arrcoc_steer.concepts",
     "ActionReadout": "arrcoc_steer.readout",
     "find_action_concept": "arrcoc_steer.concepts",
+    "PromptMeaning": "arrcoc_steer.concepts",
     "load_concepts": "arrcoc_steer.concepts",
     "save_concepts": "arrcoc_steer.concepts",
     # steer
