@@ -78,7 +78,8 @@ def sweeps(files: dict[str, Path], reach: list[int], alpha: float, alphas: list[
     main = [*prompts, *action.values(), *maps.values(), *residual.values(), *at_reach.values(), *all_layers, *lift]
     controls = [{"kind": "unsteered"}, action["slow"], action["fast"], action["slow_prompt"], action["up_prompt"],
                 *random_controls(action["slow"], n_action_controls), *random_controls(action["slow_prompt"], n_controls),
-                *random_controls(action["up_prompt"], n_controls), *random_controls(action["fast"], n_action_controls),
+                *random_controls(action["up_prompt"], n_controls), action["up"], *random_controls(action["up"], n_controls),
+                *random_controls(action["fast"], n_action_controls),
                 *maps.values(), *residual.values(), at_reach["slow"], at_reach["fast"],
                 *random_controls(maps["quickly"], n_controls), *random_controls(maps["slowly"], n_controls),
                 *random_controls(residual[main_strength], n_controls),
