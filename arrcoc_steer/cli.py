@@ -185,10 +185,9 @@ def parse_modifier(spec: str) -> tuple[str, str]:
 @command("concepts", "find concept neurons from keywords in the atlas; write a YAML dictionary", _setup_concepts)
 def cmd_concepts(args: argparse.Namespace) -> int:
     from .atlas import NeuronAtlas
+    from .errors import ConfigError
     from .models.minivla import load_policy
     from .policy_steering import write_action_concepts, write_calibration, write_concepts
-
-    from .errors import ConfigError
 
     modifiers = dict(parse_modifier(m) for m in args.modifier)
     if modifiers and not args.action:

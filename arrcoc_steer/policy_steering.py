@@ -94,7 +94,7 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
                           modifiers: Mapping[str, str] | None = None) -> list:  # fmt: skip
     """Find each action concept (a key of :data:`~arrcoc_steer.concepts.ACTION_MEANINGS`) through the
     policy's action readout (at ``layers``, default the last) and save them as one YAML dictionary.
-    ``modifiers`` (name -> prompt modifier, e.g. ``{"up_shown": "and lift it high"}``) adds concepts
+    ``modifiers`` (name -> prompt modifier, e.g. ``{"up_prompt": "and lift it high"}``) adds concepts
     found from what each modifier does to the same states' actions (a
     :class:`~arrcoc_steer.concepts.PromptMeaning`). ``readout``: a file to reuse (fitted on ``items``
     and written there when missing; fitting costs ~0.05 s per observation at the last layer on 2 CPU
@@ -106,10 +106,7 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
     for meaning in meanings:  # before the observations' and the readout's work
         action_meaning(meaning)
     items = items or observations()
-
-    def logits(m, it):
-        return m.action_logits(it["obs"], it["instruction"], budget=budget)
-
+    logits = action_logits(budget)
     if readout is not None and Path(readout).exists():
         fitted = ActionReadout.load(readout)
     else:
@@ -121,26 +118,35 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
         plain = expected_actions(policy, items, logits, values=fitted.values)
         fitted.check_states(plain)
         for name, modifier in modifiers.items():
-            shown = prompt_meaning(policy, items, modifier, budget=budget, plain=plain)
+            shown = prompt_meaning(policy, items, modifier, budget=budget, plain=plain, values=fitted.values)
             found.append(find_action_concept(fitted, shown, policy, name=name, top_n=top_n, layers=layers))
     save_concepts(path, found)
     return found
 
 
-def prompt_meaning(policy, items: list[dict], modifier: str, *, budget: int = 64, plain=None):
+def prompt_meaning(policy, items: list[dict], modifier: str, *, budget: int = 64, plain=None, values=None):
     """What ``modifier`` means to ``policy`` on ``items``: the change appending it to each instruction
     makes to the expected action (a :class:`~arrcoc_steer.concepts.PromptMeaning`). ``plain``: the
-    items' expected actions without it, when already computed."""
+    items' expected actions without it, when already computed; ``values``: the bins' action values
+    (default: the policy's own)."""
     from .concepts import PromptMeaning
     from .readout import expected_actions
 
-    def logits(m, it):
-        return m.action_logits(it["obs"], it["instruction"], budget=budget)
-
+    logits = action_logits(budget)
     if plain is None:
-        plain = expected_actions(policy, items, logits)
+        plain = expected_actions(policy, items, logits, values=values)
     shown = [{**it, "instruction": with_modifier(it["instruction"], modifier)} for it in items]
-    return PromptMeaning(modifier, expected_actions(policy, shown, logits) - plain)
+    return PromptMeaning(modifier, expected_actions(policy, shown, logits, values=values) - plain)
+
+
+def action_logits(budget: int = 64):
+    """``logits(policy, item)`` -> MiniVLA's action logits for an item of :func:`observations`, with
+    gradients: what :class:`~arrcoc_steer.readout.ActionReadout` reads."""
+
+    def logits(policy, item: dict):
+        return policy.action_logits(item["obs"], item["instruction"], budget=budget)
+
+    return logits
 
 
 def write_direction(policy, path: str | Path, positive: str = "quickly", negative: str = "slowly", *,
