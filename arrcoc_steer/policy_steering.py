@@ -107,7 +107,8 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
         action_meaning(meaning)
     items = items or observations()
     logits = action_logits(budget)
-    if readout is not None and Path(readout).exists():
+    reused = readout is not None and Path(readout).exists()
+    if reused:
         fitted = ActionReadout.load(readout)
     else:
         fitted = ActionReadout.fit(policy, items, logits, layers=layers, progress=True)
@@ -115,8 +116,10 @@ def write_action_concepts(policy, path: str | Path, meanings: Sequence[str] = ("
             fitted.save(readout)
     found = [find_action_concept(fitted, meaning, policy, top_n=top_n, layers=layers) for meaning in meanings]
     if modifiers:
-        plain = expected_actions(policy, items, logits, values=fitted.values)
-        fitted.check_states(plain)
+        plain = fitted.actions  # fitted on these items just now; a reused file must be of them too
+        if reused:
+            plain = expected_actions(policy, items, logits, values=fitted.values)
+            fitted.check_states(plain)
         for name, modifier in modifiers.items():
             shown = prompt_meaning(policy, items, modifier, budget=budget, plain=plain, values=fitted.values)
             found.append(find_action_concept(fitted, shown, policy, name=name, top_n=top_n, layers=layers))
