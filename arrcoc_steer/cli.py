@@ -3,6 +3,8 @@
     arrcoc-steer envs                      list suites and tasks
     arrcoc-steer collect --episodes 40     scripted-expert demos -> data/demos
     arrcoc-steer train --data data/demos   behaviour-clone MiniVLA
+    arrcoc-steer calibrate --model M --data D    its release threshold, from held-out demo frames
+    arrcoc-steer reproduce recipe.yaml     a whole training recipe (collect, train, calibrate), resumable
     arrcoc-steer atlas --search fast       the neuron atlas of the policy
     arrcoc-steer concepts fast=fast,quick/slow   concept neurons -> concepts.yaml
     arrcoc-steer concepts fast slow --action     ... found by what they do to the actions instead
@@ -106,6 +108,42 @@ def cmd_train(args: argparse.Namespace) -> int:
     t0 = time.perf_counter()
     out = train(from_args(TrainConfig, args))
     print(f"model saved to {out} after {(time.perf_counter() - t0) / 60:.1f} min")
+    return 0
+
+
+def _setup_calibrate(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--model", required=True, help="MiniVLA model folder (its config.json gets the threshold)")
+    p.add_argument("--data", nargs="+", required=True, help="the dataset folders the model was trained on")
+    p.add_argument("--decode", choices=("argmax", "local_mean", "mean"),
+                   help="also set the action decoding (default: keep the model's; see MiniVLA.decode_actions)")
+    p.add_argument("--dry-run", action="store_true", help="print the threshold without writing anything")
+    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
+
+
+@command("calibrate", "set MiniVLA's release threshold from its held-out demo frames (and its decoding)", _setup_calibrate)
+def cmd_calibrate(args: argparse.Namespace) -> int:
+    import json
+
+    from .models.gripper import calibrate
+
+    result = calibrate(args.model, args.data, write=not args.dry_run, device=args.device, decode=args.decode)
+    print(json.dumps(result, indent=2))
+    return 0
+
+
+def _setup_reproduce(p: argparse.ArgumentParser) -> None:
+    p.add_argument("recipe", nargs="?",
+                   help="recipe YAML: steps (arrcoc-steer command lines) and release (default: the shipped policy's)")
+    p.add_argument("--root", default="runs/reproduce", help="folder the steps' relative paths live in (default: %(default)s)")
+    p.add_argument("--export", help="copy the release model folder here at the end")
+    p.add_argument("--dry-run", action="store_true", help="parse every step and show which are done; run nothing")
+
+
+@command("reproduce", "run a training recipe (collect, train, calibrate) as one resumable command", _setup_reproduce)
+def cmd_reproduce(args: argparse.Namespace) -> int:
+    from .recipe import SHIPPED_RECIPE, Recipe, reproduce
+
+    reproduce(Recipe.load(args.recipe or SHIPPED_RECIPE), args.root, args.export, args.dry_run)
     return 0
 
 

@@ -137,6 +137,7 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
     config = json.loads((model / "config.json").read_text())
     extra = config.get("extra", {})
     datasets = list(dict.fromkeys(Path(d) for c in configs for d in c["data"]))
+    decode_flag = f" --decode {config['decode']}" if config.get("decode", "argmax") != "argmax" else ""
     stages = []
     for i, (t, cfg, log) in enumerate(zip(train, configs, logs)):
         last = log[-1]
@@ -161,7 +162,7 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
         "## Training",
         "\n".join(stages),
         "All other flags at their defaults; each run folder's `train_config.json` has every value.",
-        *([f"Then the release decision: `python -m arrcoc_steer.models.gripper --model <model> --data "
+        *([f"Then the release decision: `arrcoc-steer calibrate --model <model>{decode_flag} --data "
            f"{' '.join(f'data/{Path(d).name}' for d in configs[-1]['data'])}` wrote `release_threshold: {config['release_threshold']}` "
            "(the P(open) at which a hand with closed fingers opens; best balanced accuracy on the held-out frames)."]
           if config.get("release_threshold") is not None else []),

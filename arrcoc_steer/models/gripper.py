@@ -6,12 +6,11 @@ This finds the P(open) threshold at which a hand whose fingers are closed should
 the best balanced accuracy (mean of the hit rates on "open" and on "close" frames) over the held-out
 episodes of the training run, and writes it to the checkpoint's config as ``release_threshold``.
 
-    python -m arrcoc_steer.models.gripper --model runs/minivla_ft/model --data data/demos data/demos_dart
+    arrcoc-steer calibrate --model runs/minivla_ft/model --data data/demos data/demos_dart
 """
 
 from __future__ import annotations
 
-import argparse
 import json
 from pathlib import Path
 
@@ -19,7 +18,8 @@ import numpy as np
 from tqdm.auto import tqdm
 
 from ..data import FrameDataset
-from .minivla import CONFIG_NAME, GRIPPER_DIM, MiniVLA, fingers_closed
+from ..errors import ConfigError
+from .minivla import CONFIG_NAME, DECODINGS, GRIPPER_DIM, MiniVLA, fingers_closed
 
 
 def release_scores(model: MiniVLA, data: FrameDataset, rows: np.ndarray, budget: int = 100,
@@ -51,12 +51,15 @@ def best_threshold(p_open: np.ndarray, is_open: np.ndarray) -> dict:
 
 
 def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None = None, seed: int | None = None,
-              write: bool = True, progress: bool = True, device: str = "auto") -> dict:  # fmt: skip
+              write: bool = True, progress: bool = True, device: str = "auto", decode: str | None = None) -> dict:  # fmt: skip
     """Calibrate on the training run's held-out episodes (its holdout_frac and seed, from the config's
-    provenance, unless given) and, with ``write``, store the threshold in ``model_dir/config.json``."""
+    provenance, unless given) and, with ``write``, store the threshold in ``model_dir/config.json``
+    (and ``decode``, the action decoding, when given: both are inference settings of a release)."""
     from ..train import pick_device, run_split
 
     model_dir = Path(model_dir)
+    if decode is not None and decode not in DECODINGS:
+        raise ConfigError(f"decode must be one of {DECODINGS}, got {decode!r}")
     model = MiniVLA.from_pretrained(model_dir, pick_device(device))
     frames = FrameDataset(data)
     held = run_split(model, frames, holdout_frac, seed)[1]
@@ -64,21 +67,8 @@ def calibrate(model_dir: str | Path, data: list[str], holdout_frac: float | None
     if write:
         cfg = json.loads((model_dir / CONFIG_NAME).read_text())
         cfg["release_threshold"] = result["threshold"]
+        if decode is not None:
+            cfg["decode"] = decode
         (model_dir / CONFIG_NAME).write_text(json.dumps(cfg, indent=2))
     return result
 
-
-def main(argv: list[str] | None = None) -> int:
-    p = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    p.add_argument("--model", required=True, help="checkpoint directory (its config.json is updated)")
-    p.add_argument("--data", nargs="+", required=True, help="the dataset directories the model was trained on")
-    p.add_argument("--dry-run", action="store_true", help="print the threshold without writing it")
-    p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
-    args = p.parse_args(argv)
-    result = calibrate(args.model, args.data, write=not args.dry_run, device=args.device)
-    print(json.dumps(result, indent=2))
-    return 0
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
