@@ -161,7 +161,9 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
         "`--max-steps` runs record only each episode's first steps (perception data for the grounding).",
         "## Training",
         "\n".join(stages),
-        "All other flags at their defaults; each run folder's `train_config.json` has every value.",
+        "All other flags at their defaults; each run folder's `train_config.json` has every value. The whole "
+        "recipe, data included, is one resumable command: `arrcoc-steer reproduce` runs `recipe.yaml` (beside this "
+        "card) step by step and logs each step's minutes.",
         *([f"Then the release decision: `arrcoc-steer calibrate --model <model>{decode_flag} --data "
            f"{' '.join(f'data/{Path(d).name}' for d in configs[-1]['data'])}` wrote `release_threshold: {config['release_threshold']}` "
            "(the P(open) at which a hand with closed fingers opens; best balanced accuracy on the held-out frames)."]

@@ -44,7 +44,8 @@ def test_card_describes_each_training_stage_and_its_data(tmp_path):
                 init=str(base / "model"))  # fmt: skip
     model = tmp_path / "model"
     model.mkdir()
-    (model / "config.json").write_text(json.dumps({"extra": {"episodes": 12, "frames": 108}, "release_threshold": 0.09}))
+    (model / "config.json").write_text(json.dumps({"extra": {"episodes": 12, "frames": 108}, "release_threshold": 0.09,
+                                                 "decode": "mean"}))
     card = write_model_card(model, [base, tuned], rewired=False).read_text()
     assert "`arrcoc-steer collect --episodes 3 --out data/demos` (45 episodes)" in card  # every task: no --tasks
     assert ("`arrcoc-steer collect --episodes 3 --tasks LiftRedBlock PutRedBlockInTray --seed 1 --noise 0.2 "
@@ -52,5 +53,7 @@ def test_card_describes_each_training_stage_and_its_data(tmp_path):
     assert "1. `arrcoc-steer train --data data/demos --steps 100 --out runs/minivla`" in card  # lr is the default
     assert "2. `arrcoc-steer train --data data/demos data/demos_dart --init runs/minivla/model --steps 100 --lr 0.0004" in card
     assert "about 7 min" in card  # 100 steps x 64 frames at 16 frames/s
-    assert "--data data/demos data/demos_dart` wrote `release_threshold: 0.09`" in card
+    assert ("`arrcoc-steer calibrate --model <model> --decode mean --data data/demos data/demos_dart` wrote "
+            "`release_threshold: 0.09`") in card  # fmt: skip
+    assert "`arrcoc-steer reproduce`" in card
     assert (model / "train_curve.png").stat().st_size > 1000
