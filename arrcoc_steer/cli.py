@@ -136,6 +136,7 @@ def _setup_reproduce(p: argparse.ArgumentParser) -> None:
                    help="recipe YAML: steps (arrcoc-steer command lines) and release (default: the shipped policy's)")
     p.add_argument("--root", default="runs/reproduce", help="folder the steps' relative paths live in (default: %(default)s)")
     p.add_argument("--export", help="copy the release model folder here at the end")
+    p.add_argument("--until", type=int, metavar="N", help="stop after step N (e.g. collect the data now, train later)")
     p.add_argument("--dry-run", action="store_true", help="parse every step and show which are done; run nothing")
 
 
@@ -143,7 +144,7 @@ def _setup_reproduce(p: argparse.ArgumentParser) -> None:
 def cmd_reproduce(args: argparse.Namespace) -> int:
     from .recipe import SHIPPED_RECIPE, Recipe, reproduce
 
-    reproduce(Recipe.load(args.recipe or SHIPPED_RECIPE), args.root, args.export, args.dry_run)
+    reproduce(Recipe.load(args.recipe or SHIPPED_RECIPE), args.root, args.export, args.dry_run, args.until)
     return 0
 
 

@@ -108,13 +108,17 @@ def _working_directory(path: Path):
         os.chdir(before)
 
 
-def reproduce(recipe: Recipe, root: str | Path, export: str | Path | None = None, dry_run: bool = False) -> list[dict]:
+def reproduce(recipe: Recipe, root: str | Path, export: str | Path | None = None, dry_run: bool = False,
+              until: int | None = None) -> list[dict]:  # fmt: skip
     """Run the recipe's unfinished steps under ``root``; returns the log (every step's minutes).
 
     ``export``: copy the release model folder there at the end (e.g. the shipped checkpoint's folder).
-    ``dry_run``: parse every step and print the plan, run nothing.
+    ``dry_run``: parse every step and print the plan, run nothing. ``until``: stop after this step
+    (1-based; e.g. only the data now, the training later).
     """
     root = Path(root).resolve()
+    if until is not None and not 1 <= until <= len(recipe.steps):
+        raise RecipeError(f"until must name a step, 1..{len(recipe.steps)}; got {until}")
     parsed = [parse_step(s) for s in recipe.steps]  # all of them first: a bad step costs nothing
     log = read_log(root)
     done = finished_prefix(recipe, log)
@@ -125,7 +129,8 @@ def reproduce(recipe: Recipe, root: str | Path, export: str | Path | None = None
     if dry_run:
         return log
     root.mkdir(parents=True, exist_ok=True)
-    for i in range(done, len(recipe.steps)):
+    last = len(recipe.steps) if until is None else until
+    for i in range(done, last):
         print(f"\n== step {i + 1}/{len(recipe.steps)}: arrcoc-steer {recipe.steps[i]}", flush=True)
         t0 = time.perf_counter()
         with _working_directory(root):
@@ -135,6 +140,9 @@ def reproduce(recipe: Recipe, root: str | Path, export: str | Path | None = None
         log.append({"command": recipe.steps[i], "minutes": (time.perf_counter() - t0) / 60,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})  # fmt: skip
         (root / LOG_NAME).write_text(json.dumps({"recipe": recipe.name, "steps": log}, indent=2))
+    if last < len(recipe.steps):
+        print(f"\nstopped after step {last} of {len(recipe.steps)}; rerun without --until to go on")
+        return log
     release = root / recipe.release
     if not (release / "config.json").is_file():
         raise RecipeError(f"the recipe finished but its release {str(release)!r} holds no model (config.json)")

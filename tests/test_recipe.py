@@ -49,6 +49,8 @@ def test_the_shipped_recipe_is_the_model_cards_commands():
 def test_a_recipe_runs_end_to_end_and_a_rerun_skips_what_finished(tmp_path, capsys):
     recipe = Recipe.load(write_recipe(tmp_path / "small.yaml", SMALL_STEPS))
     root, export = tmp_path / "root", tmp_path / "export"
+    assert [s["command"] for s in reproduce(recipe, root, until=1)] == SMALL_STEPS[:1]  # the data only
+    assert not (root / "runs").exists()
     log = reproduce(recipe, root, export=export)
     assert [s["command"] for s in log] == SMALL_STEPS and all(s["minutes"] > 0 for s in log)
     assert json.loads((root / LOG_NAME).read_text())["steps"] == log
@@ -76,6 +78,8 @@ def test_a_bad_step_fails_before_any_step_runs(tmp_path):
     with pytest.raises(RecipeError, match=r"train --stepz 3.*unrecognized arguments: --stepz"):
         reproduce(Recipe.load(bad), root)
     assert not root.exists()  # the collect step before it did not run
+    with pytest.raises(RecipeError, match=r"until must name a step, 1\.\.2"):
+        reproduce(Recipe.load(bad), root, until=3)
     with pytest.raises(RecipeError, match="other than reproduce"):
         parse_step("reproduce other.yaml")
     with pytest.raises(RecipeError, match="invalid choice"):
