@@ -29,7 +29,7 @@ from pathlib import Path
 
 import yaml
 
-from .errors import ConfigError
+from .errors import ArrcocError, ConfigError
 
 LOG_NAME = "recipe_log.json"
 SHIPPED_RECIPE = Path(__file__).parent / "checkpoints" / "minivla" / "recipe.yaml"  # how the default policy was made
@@ -133,13 +133,17 @@ def reproduce(recipe: Recipe, root: str | Path, export: str | Path | None = None
     for i in range(done, last):
         print(f"\n== step {i + 1}/{len(recipe.steps)}: arrcoc-steer {recipe.steps[i]}", flush=True)
         t0 = time.perf_counter()
-        with _working_directory(root):
-            rc = parsed[i].func(parsed[i])
+        try:
+            with _working_directory(root):
+                rc = parsed[i].func(parsed[i])
+        except ArrcocError as e:  # name the step; the outputs of the steps before it stay
+            raise RecipeError(f"step {i + 1} ({recipe.steps[i]!r}) failed: {e}; fix it and rerun to resume") from e
         if rc:
             raise RecipeError(f"step {i + 1} ({recipe.steps[i]!r}) exited with status {rc}; fix it and rerun to resume")
         log.append({"command": recipe.steps[i], "minutes": (time.perf_counter() - t0) / 60,
                     "finished": datetime.now(timezone.utc).isoformat(timespec="seconds")})  # fmt: skip
-        (root / LOG_NAME).write_text(json.dumps({"recipe": recipe.name, "steps": log}, indent=2))
+        record = {"recipe": recipe.name, "cpus": os.cpu_count(), "steps": log}  # minutes are this machine's
+        (root / LOG_NAME).write_text(json.dumps(record, indent=2))
     if last < len(recipe.steps):
         print(f"\nstopped after step {last} of {len(recipe.steps)}; rerun without --until to go on")
         return log

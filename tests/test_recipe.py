@@ -9,7 +9,7 @@ import pytest
 from arrcoc_steer.cli import main
 from arrcoc_steer.config import from_args
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, MiniVLA
-from arrcoc_steer.recipe import LOG_NAME, SHIPPED_RECIPE, Recipe, RecipeError, parse_step, reproduce
+from arrcoc_steer.recipe import LOG_NAME, SHIPPED_RECIPE, Recipe, RecipeError, parse_step, read_log, reproduce
 from arrcoc_steer.train import TrainConfig
 
 SMALL_STEPS = [
@@ -99,6 +99,14 @@ def test_malformed_recipes_name_what_is_wrong(tmp_path):
         (tmp_path / "r.yaml").write_text(text)
         with pytest.raises(RecipeError, match=message):
             Recipe.load(tmp_path / "r.yaml")
+
+
+def test_a_failing_step_is_named_and_the_steps_before_it_stay_done(tmp_path):
+    steps = ["envs --suite long", "train --data data/none --steps 1 --out runs/bc"]
+    recipe = Recipe.load(write_recipe(tmp_path / "r.yaml", steps))
+    with pytest.raises(RecipeError, match=re.escape("step 2 ('train --data data/none --steps 1 --out runs/bc') failed: no episode files")):
+        reproduce(recipe, tmp_path / "root")
+    assert [s["command"] for s in read_log(tmp_path / "root")] == steps[:1]
 
 
 def test_a_recipe_whose_release_holds_no_model_is_an_error(tmp_path):
