@@ -112,9 +112,11 @@ def cmd_train(args: argparse.Namespace) -> int:
 
 
 def _setup_calibrate(p: argparse.ArgumentParser) -> None:
+    from .models.minivla import DECODINGS
+
     p.add_argument("--model", required=True, help="MiniVLA model folder (its config.json gets the threshold)")
     p.add_argument("--data", nargs="+", required=True, help="the dataset folders the model was trained on")
-    p.add_argument("--decode", choices=("argmax", "local_mean", "mean"),
+    p.add_argument("--decode", choices=DECODINGS,
                    help="also set the action decoding (default: keep the model's; see MiniVLA.decode_actions)")
     p.add_argument("--dry-run", action="store_true", help="print the threshold without writing anything")
     p.add_argument("--device", default="auto", help="auto | cpu | cuda (default: %(default)s)")
