@@ -33,10 +33,10 @@ def test_the_shipped_recipe_is_the_model_cards_commands():
     assert len(card_commands) == len(steps) == 11
 
     def settings(line: str) -> dict:
-        args = vars(parse_step(line))
-        if args["command"] == "train":
-            return vars(from_args(TrainConfig, parse_step(line)))
-        return {k: v for k, v in args.items() if k not in ("func", "workers")}  # workers: same files either way
+        args = parse_step(line)
+        if args.command == "train":
+            return vars(from_args(TrainConfig, args))
+        return {k: v for k, v in vars(args).items() if k not in ("func", "workers")}  # workers: same files either way
 
     for step, card_command in zip(steps, card_commands):
         assert settings(step) == settings(card_command), step
