@@ -63,7 +63,7 @@ class Recipe:
         unknown = set(raw) - {"name", "steps", "release"}
         if unknown:
             raise RecipeError(f"{path}: unknown keys {sorted(unknown)}; a recipe has name, steps and release")
-        return cls(str(raw.get("name", path.stem)), tuple(" ".join(s.split()) for s in raw["steps"]), raw["release"])
+        return cls(str(raw.get("name", path.stem)), tuple(s.strip() for s in raw["steps"]), raw["release"])
 
 
 def parse_step(step: str):

@@ -109,6 +109,12 @@ def test_a_failing_step_is_named_and_the_steps_before_it_stay_done(tmp_path):
     assert [s["command"] for s in read_log(tmp_path / "root")] == steps[:1]
 
 
+def test_a_step_keeps_its_quoted_arguments_as_written(tmp_path):
+    step = "concepts --action --modifier up_prompt='and  lift it high'"
+    recipe = Recipe.load(write_recipe(tmp_path / "r.yaml", [f"  {step} "]))
+    assert recipe.steps == (step,) and parse_step(recipe.steps[0]).modifier == ["up_prompt=and  lift it high"]
+
+
 def test_a_recipe_whose_release_holds_no_model_is_an_error(tmp_path):
     recipe = Recipe.load(write_recipe(tmp_path / "r.yaml", ["envs --suite long"], release="runs/nothing"))
     with pytest.raises(RecipeError, match="holds no model"):
