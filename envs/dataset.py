@@ -56,8 +56,12 @@ QUIET_PHASES = ("grasp", "release")  # the fingers are closing or opening: noise
 
 
 def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float = 0.0,
-                    max_steps: int | None = None) -> tuple[dict, dict]:  # fmt: skip
+                    max_steps: int | None = None, from_subgoal: int = 0) -> tuple[dict, dict]:  # fmt: skip
     """Run the expert once (its first ``max_steps`` steps only, if given); return (arrays, metadata).
+
+    With ``from_subgoal`` = k the expert runs unrecorded until k subgoals are done, and the file
+    starts there: the frames of a later step of a multi-step task, where the target has changed.
+    The noise, too, starts there (the earlier steps only have to get the scene there).
 
     With ``noise`` > 0 the env executes the expert's translation plus temporally correlated Gaussian
     noise (stationary std ``noise`` action units) while the file records the expert's clean action
@@ -73,21 +77,26 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
     drift = np.zeros(3)
     frames: dict[str, list] = {k: [] for k in (*ARRAYS, "grounding")}
     terminated = truncated = False
+    recording = from_subgoal == 0
     while not (terminated or truncated) and (max_steps is None or len(frames["action"]) < max_steps):
         action = expert.act(obs)
-        for k in ("agentview", "wrist", "state"):
-            frames[k].append(obs[k])
-        frames["action"].append(action)
-        frames["grounding"].append(scene_grounding(env.unwrapped))
+        recording = recording or sum(env.unwrapped.subgoals_done()) >= from_subgoal
+        if recording:
+            for k in ("agentview", "wrist", "state"):
+                frames[k].append(obs[k])
+            frames["action"].append(action)
+            frames["grounding"].append(scene_grounding(env.unwrapped))
         executed = action
-        if noise > 0 and expert.phase not in QUIET_PHASES:
+        if noise > 0 and recording and expert.phase not in QUIET_PHASES:
             innovation = rng.normal(0.0, noise * np.sqrt(1 - NOISE_CORRELATION**2), 3)
             drift = NOISE_CORRELATION * drift + innovation
             executed = action.copy()
             executed[:3] = np.clip(action[:3] + drift, -1.0, 1.0)
         obs, reward, terminated, truncated, info = env.step(executed)
-    arrays = {k: np.ascontiguousarray(np.stack(v)) for k, v in frames.items()}
     u = env.unwrapped
+    if not frames["action"]:  # the episode ended before its first recorded step: a failure, retried
+        return {}, {"success": False}
+    arrays = {k: np.ascontiguousarray(np.stack(v)) for k, v in frames.items()}
     meta = {
         "format": FORMAT,
         "task": u.task.name,
@@ -100,6 +109,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
         "image_size": image_size,
         "noise": noise,
         **({"max_steps": max_steps} if max_steps else {}),
+        **({"from_subgoal": from_subgoal} if from_subgoal else {}),
     }
     return arrays, meta
 
@@ -134,6 +144,7 @@ def collect(
     noise: float = 0.0,
     workers: int = 1,
     max_steps: int | None = None,
+    from_subgoal: int = 0,
 ) -> dict:
     """Write ``episodes_per_task`` expert demos of each task to ``out_dir``; return the index.
 
@@ -154,6 +165,9 @@ def collect(
         max_steps: record only the expert's first ``max_steps`` steps of each episode (``success``
             None: not run to the end). Cheap perception data: the first frames are where a policy
             decides which block the instruction names, and grounding labels need no outcome.
+        from_subgoal: start recording once this many subgoals are done (the expert runs the earlier
+            steps unrecorded; episodes that never get there are retried). With ``max_steps``: the
+            first frames of a later step, where a two-step task's target changes.
     """
     import envs
     from tqdm.auto import tqdm
@@ -164,16 +178,22 @@ def collect(
         raise ConfigError(f"noise must be in [0, 1] action units, got {noise}")
     if max_steps is not None and max_steps < 1:
         raise ConfigError(f"max_steps must be >= 1 (or None for whole episodes), got {max_steps}")
+    if from_subgoal < 0:
+        raise ConfigError(f"from_subgoal must be >= 0 (0: record from the first step), got {from_subgoal}")
     if episodes_per_task < 0 or max_attempts < 1 or workers < 1:
         raise ConfigError(
             f"need episodes_per_task >= 0, max_attempts >= 1 and workers >= 1, got {episodes_per_task}, {max_attempts}, {workers}"
         )
     specs = [envs.get_task(t) for t in tasks]  # validates names before any work
+    short = [s.name for s in specs if len(s.subgoals) <= from_subgoal]
+    if short:
+        raise ConfigError(f"from_subgoal={from_subgoal} needs tasks with more subgoals than that; {short} have "
+                          f"{from_subgoal} or fewer (the multi-step tasks are the 'long' suite's)")  # fmt: skip
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     job = functools.partial(_collect_task, episodes_per_task=episodes_per_task, out=out, seed=seed, modifiers=modifiers,
                             image_size=image_size, keep_failures=keep_failures, max_attempts=max_attempts, noise=noise,
-                            max_steps=max_steps)  # fmt: skip
+                            max_steps=max_steps, from_subgoal=from_subgoal)  # fmt: skip
     failed = []
     bar = tqdm(total=len(specs) * episodes_per_task, disable=not progress, desc="demos")
     if workers == 1:
@@ -190,11 +210,13 @@ def collect(
     bar.close()
     old = [f for f in _read_index(out).get("failed", []) if f["task"] not in tasks]  # other tasks' failures stay
     config = {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise}
-    return write_index(out, old + failed, {**config, **({"max_steps": max_steps} if max_steps else {})})
+    config.update({"max_steps": max_steps} if max_steps else {})
+    config.update({"from_subgoal": from_subgoal} if from_subgoal else {})
+    return write_index(out, old + failed, config)
 
 
 def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, keep_failures, max_attempts, noise,
-                  max_steps=None, on_episode=None) -> list:  # fmt: skip
+                  max_steps=None, from_subgoal=0, on_episode=None) -> list:  # fmt: skip
     """Collect the missing episodes of one task into ``out/task``; return its failures."""
     import envs
 
@@ -211,7 +233,7 @@ def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, kee
             path = folder / f"episode_{i:05d}.safetensors"
             if not path.exists():
                 failed += _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts,
-                                       Modifiers, noise, max_steps)  # fmt: skip
+                                       Modifiers, noise, max_steps, from_subgoal)  # fmt: skip
             if on_episode is not None:
                 on_episode()
     finally:
@@ -224,13 +246,13 @@ def _read_index(out: Path) -> dict:
 
 
 def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers, noise,
-                 max_steps=None) -> list:  # fmt: skip
+                 max_steps=None, from_subgoal=0) -> list:  # fmt: skip
     failed_seeds = []
     for attempt in range(max_attempts):
         s = episode_seed(seed, task, i, attempt)
         mods = Modifiers.sample(np.random.default_rng(s)) if modifiers == "random" else Modifiers()
-        arrays, meta = _record_episode(env, s, mods, image_size, noise, max_steps)
-        if meta["success"] is not False or keep_failures:  # None: a prefix (max_steps), kept
+        arrays, meta = _record_episode(env, s, mods, image_size, noise, max_steps, from_subgoal)
+        if meta["success"] is not False or (keep_failures and arrays):  # None: a prefix (max_steps), kept
             meta.update(index=i, attempt=attempt, failed_seeds=failed_seeds)
             _write_atomic(path, arrays, meta)
             return []

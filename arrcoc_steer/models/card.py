@@ -98,6 +98,7 @@ def collect_command(dataset: Path) -> str:
     flags += f" --seed {cfg['seed']}" if cfg.get("seed") else ""
     flags += f" --noise {cfg['noise']}" if cfg.get("noise") else ""
     flags += f" --max-steps {cfg['max_steps']}" if cfg.get("max_steps") else ""
+    flags += f" --from-subgoal {cfg['from_subgoal']}" if cfg.get("from_subgoal") else ""
     return f"`arrcoc-steer collect --episodes {per_task}{flags} --out data/{dataset.name}` ({len(eps)} episodes)"
 
 

@@ -106,8 +106,8 @@ def test_failures_are_retried_and_recorded(tmp_path, monkeypatch):
     real = dataset._record_episode
     calls = []
 
-    def flaky(env, seed, modifiers, image_size, noise, max_steps):
-        arrays, meta = real(env, seed, modifiers, image_size, noise, max_steps)
+    def flaky(env, seed, *args):
+        arrays, meta = real(env, seed, *args)
         calls.append(seed)
         if len(calls) == 1:
             meta["success"] = False  # pretend the first attempt failed
@@ -160,6 +160,32 @@ def test_prefixes_record_the_experts_first_steps_without_an_outcome(demo_dir, tm
     assert len(FrameDataset([tmp_path])) == 12
 
 
+def test_a_later_step_is_recorded_from_where_the_earlier_subgoals_are_done(tmp_path):
+    import envs
+
+    task = "PutBothBlocksInTray"  # red into the tray, then blue
+    kw = dict(seed=5, image_size=32, progress=False, modifiers="none")
+    collect([task], 1, tmp_path / "whole", **kw)
+    index = collect([task], 1, tmp_path / "later", max_steps=4, from_subgoal=1, **kw)
+    assert index["config"]["from_subgoal"] == 1
+    whole, later = DemoDataset(tmp_path / "whole")[0], DemoDataset(tmp_path / "later")[0]
+    assert later.meta["from_subgoal"] == 1 and len(later) == 4 and later.meta["success"] is None
+    start = int(np.flatnonzero((whole["state"] == later["state"][0]).all(1))[0])  # the same seed, the same run
+    for key in ("agentview", "wrist", "state", "action"):
+        np.testing.assert_array_equal(later[key], whole[key][start : start + 4])
+    # the recording starts at the first step whose scene has the red block in the tray
+    env = envs.make(task, image_size=32)
+    try:
+        obs, _ = env.reset(seed=whole.meta["seed"], options={"modifiers": whole.meta["modifiers"]})
+        done = [env.unwrapped.subgoals_done()[0]]
+        for a in whole["action"][:start]:
+            env.step(a)
+            done.append(env.unwrapped.subgoals_done()[0])
+    finally:
+        env.close()
+    assert done[-1] and not any(done[:-1])
+
+
 def test_bad_arguments(tmp_path):
     with pytest.raises(ConfigError, match="modifiers"):
         collect(["LiftRedBlock"], 1, tmp_path, modifiers="some")
@@ -171,6 +197,10 @@ def test_bad_arguments(tmp_path):
         collect(["LiftRedBlock"], 1, tmp_path, workers=0)
     with pytest.raises(ConfigError, match="max_steps"):
         collect(["LiftRedBlock"], 1, tmp_path, max_steps=0)
+    with pytest.raises(ConfigError, match="from_subgoal"):
+        collect(["LiftRedBlock"], 1, tmp_path, from_subgoal=-1)
+    with pytest.raises(ConfigError, match=r"more subgoals.*LiftRedBlock"):
+        collect(["PutBothBlocksInTray", "LiftRedBlock"], 1, tmp_path, from_subgoal=1)
     with pytest.raises(ConfigError, match="does not exist"):
         DemoDataset(tmp_path / "missing")
     assert not os.listdir(tmp_path)  # nothing written before validation
