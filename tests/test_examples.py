@@ -80,3 +80,17 @@ def test_oracle_pointer_example_runs_each_episode_with_both_pointers():
     assert own in ("True", "False") and oracle in ("True", "False")
     assert 0.0 <= float(error) < 1.0  # a fraction of the image, measured against the segmentation
     assert "success: own pointer" in out.stdout and "true pointer" in out.stdout
+
+
+def test_trace_episode_example_prints_beliefs_beside_the_truth():
+    out = run("trace_episode.py", "--task", "PutRedInTrayThenBlueOnPlate", "--seed", "7000002", "--max-steps", "12",
+              "--every", "5")  # fmt: skip
+    assert out.returncode == 0, out.stderr[-2000:]
+    rows = [line.split() for line in out.stdout.splitlines() if line[:4].strip().isdigit()]
+    assert [int(r[0]) for r in rows] == [0, 5, 10]
+    assert all(r[1] == "in(red_block," for r in rows)  # the first subgoal throughout 12 steps
+    # target and destination are both in the agent view at the start: the segmentation's presence is 1
+    assert rows[0].count("1.00") >= 2 and "|" in rows[0]
+    assert "success: False after 12 steps" in out.stdout
+    bad = run("trace_episode.py", "--task", "PutRedInTrayThenBlueOnPlate", "--every", "0")
+    assert bad.returncode == 2 and "--every must be >= 1" in bad.stderr
