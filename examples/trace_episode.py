@@ -18,12 +18,12 @@ import numpy as np
 import torch
 
 import envs
-from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, GRIPPER_DIM, MiniVLA
+from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, GRIPPER_DIM, GROUNDING_CLASSES, POINTED, MiniVLA
 from arrcoc_steer.models.pointing import scene_pointer
+from arrcoc_steer.regions import CAMERAS
 from envs.grounding import current_subgoal
 
-CAMERAS = ("agentview", "wrist")
-SHOWN = {"target": 1, "destination": 2}  # index in the pointer's gripper / target / destination axis
+SHOWN = {name: POINTED.index(GROUNDING_CLASSES.index(name)) for name in ("target", "destination")}  # pointer axis
 
 
 def fmt(p: np.ndarray) -> str:
