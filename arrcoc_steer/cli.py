@@ -82,6 +82,9 @@ def _setup_collect(p: argparse.ArgumentParser) -> None:
                    help="record only each episode's first N expert steps (perception data for --train-only grounding)")
     p.add_argument("--from-subgoal", type=int, default=0, metavar="K",
                    help="start recording once K subgoals are done: a multi-step task's later step (default: %(default)s)")
+    p.add_argument("--takeover", metavar="CHECKPOINT",
+                   help="DAgger-style: this MiniVLA checkpoint ('default': the shipped one) drives each episode until a "
+                        "random step, then the expert takes over; only the expert's corrections are recorded")
 
 
 @command("collect", "write scripted-expert demonstrations (safetensors, resumable)", _setup_collect)
@@ -92,7 +95,7 @@ def cmd_collect(args: argparse.Namespace) -> int:
     tasks = args.tasks or envs.list_tasks(args.suite)
     index = collect(tasks, args.episodes, args.out, seed=args.seed, modifiers=args.modifiers, image_size=args.image_size,
                     noise=args.noise, workers=args.workers, max_steps=args.max_steps,
-                    from_subgoal=args.from_subgoal)  # fmt: skip
+                    from_subgoal=args.from_subgoal, takeover=args.takeover)  # fmt: skip
     print(f"{len(index.get('episodes', []))} episodes in {args.out}")
     return 0
 

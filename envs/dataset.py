@@ -30,6 +30,7 @@ derived seed and the failed seeds are recorded.
 
 from __future__ import annotations
 
+import contextlib
 import functools
 import json
 import os
@@ -53,11 +54,17 @@ def episode_seed(seed: int, task: str, index: int, attempt: int = 0) -> int:
 
 NOISE_CORRELATION = 0.7  # AR(1) coefficient of the executed-action noise: drifts that last a few steps
 QUIET_PHASES = ("grasp", "release")  # the fingers are closing or opening: noise there only loses the block
+TAKEOVER_WINDOW = 0.75  # with a driving policy, the expert takes over at a step drawn from the first 75% of the limit
 
 
 def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float = 0.0,
-                    max_steps: int | None = None, from_subgoal: int = 0) -> tuple[dict, dict]:  # fmt: skip
+                    max_steps: int | None = None, from_subgoal: int = 0, driver=None) -> tuple[dict, dict]:  # fmt: skip
     """Run the expert once (its first ``max_steps`` steps only, if given); return (arrays, metadata).
+
+    With a ``driver`` (a policy: ``predict_action(observation, instruction)``, ``reset()``) the
+    driver acts, unrecorded, until a step drawn from the episode's seed; there the expert takes over
+    (:meth:`ScriptedExpert.replan`) and the file starts: the expert's corrections from the states the
+    policy led to (DAgger, Ross et al. 2011). An episode the driver ends before then is retried.
 
     With ``from_subgoal`` = k the expert runs unrecorded until k subgoals are done, and the file
     starts there: the frames of a later step of a multi-step task, where the target has changed.
@@ -77,7 +84,17 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
     drift = np.zeros(3)
     frames: dict[str, list] = {k: [] for k in (*ARRAYS, "grounding")}
     terminated = truncated = False
-    recording = from_subgoal == 0
+    recording = from_subgoal == 0 and driver is None
+    takeover = None
+    if driver is not None:
+        driver.reset()
+        takeover = int(np.random.default_rng([ep_seed, 2]).integers(1, TAKEOVER_WINDOW * env.unwrapped.max_episode_steps))
+        for _ in range(takeover):
+            obs, reward, terminated, truncated, info = env.step(driver.predict_action(obs, obs["instruction"]))
+            if terminated or truncated:
+                return {}, {"success": False}
+        expert.replan()
+        recording = from_subgoal == 0
     while not (terminated or truncated) and (max_steps is None or len(frames["action"]) < max_steps):
         action = expert.act(obs)
         recording = recording or sum(env.unwrapped.subgoals_done()) >= from_subgoal
@@ -110,6 +127,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
         "noise": noise,
         **({"max_steps": max_steps} if max_steps else {}),
         **({"from_subgoal": from_subgoal} if from_subgoal else {}),
+        **({"takeover_step": takeover} if takeover is not None else {}),
     }
     return arrays, meta
 
@@ -145,6 +163,7 @@ def collect(
     workers: int = 1,
     max_steps: int | None = None,
     from_subgoal: int = 0,
+    takeover: str | None = None,
 ) -> dict:
     """Write ``episodes_per_task`` expert demos of each task to ``out_dir``; return the index.
 
@@ -168,6 +187,10 @@ def collect(
         from_subgoal: start recording once this many subgoals are done (the expert runs the earlier
             steps unrecorded; episodes that never get there are retried). With ``max_steps``: the
             first frames of a later step, where a two-step task's target changes.
+        takeover: a MiniVLA checkpoint folder (or "default", the shipped policy) that drives each
+            episode until a random step in the first 75% of its limit; the expert takes over from
+            there and only its part is recorded (DAgger-style data: the corrections from the states
+            that policy reaches). The policy runs on one thread per worker, as the eval harness runs it.
     """
     import envs
     from tqdm.auto import tqdm
@@ -184,6 +207,8 @@ def collect(
         raise ConfigError(
             f"need episodes_per_task >= 0, max_attempts >= 1 and workers >= 1, got {episodes_per_task}, {max_attempts}, {workers}"
         )
+    if takeover is not None and takeover != "default" and not (Path(takeover) / "config.json").is_file():
+        raise ConfigError(f"takeover must be a MiniVLA checkpoint folder (with config.json) or 'default', got {takeover!r}")
     specs = [envs.get_task(t) for t in tasks]  # validates names before any work
     short = [s.name for s in specs if len(s.subgoals) <= from_subgoal]
     if short:
@@ -193,7 +218,7 @@ def collect(
     out.mkdir(parents=True, exist_ok=True)
     job = functools.partial(_collect_task, episodes_per_task=episodes_per_task, out=out, seed=seed, modifiers=modifiers,
                             image_size=image_size, keep_failures=keep_failures, max_attempts=max_attempts, noise=noise,
-                            max_steps=max_steps, from_subgoal=from_subgoal)  # fmt: skip
+                            max_steps=max_steps, from_subgoal=from_subgoal, takeover=takeover)  # fmt: skip
     failed = []
     bar = tqdm(total=len(specs) * episodes_per_task, disable=not progress, desc="demos")
     if workers == 1:
@@ -212,11 +237,12 @@ def collect(
     config = {"seed": seed, "modifiers": modifiers, "image_size": image_size, "noise": noise}
     config.update({"max_steps": max_steps} if max_steps else {})
     config.update({"from_subgoal": from_subgoal} if from_subgoal else {})
+    config.update({"takeover": takeover} if takeover else {})
     return write_index(out, old + failed, config)
 
 
 def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, keep_failures, max_attempts, noise,
-                  max_steps=None, from_subgoal=0, on_episode=None) -> list:  # fmt: skip
+                  max_steps=None, from_subgoal=0, takeover=None, on_episode=None) -> list:  # fmt: skip
     """Collect the missing episodes of one task into ``out/task``; return its failures."""
     import envs
 
@@ -228,17 +254,36 @@ def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, kee
         stale.unlink()  # left by an interrupted run (each task's folder has one writer)
     failed = []
     env = envs.make(task, image_size=image_size)
-    try:
-        for i in range(episodes_per_task):
-            path = folder / f"episode_{i:05d}.safetensors"
-            if not path.exists():
-                failed += _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts,
-                                       Modifiers, noise, max_steps, from_subgoal)  # fmt: skip
-            if on_episode is not None:
-                on_episode()
-    finally:
-        env.close()
+    with _driver(takeover) as driver:
+        try:
+            for i in range(episodes_per_task):
+                path = folder / f"episode_{i:05d}.safetensors"
+                if not path.exists():
+                    failed += _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts,
+                                           Modifiers, noise, max_steps, from_subgoal, driver)  # fmt: skip
+                if on_episode is not None:
+                    on_episode()
+        finally:
+            env.close()
     return failed
+
+
+@contextlib.contextmanager
+def _driver(takeover: str | None):
+    """The policy of ``collect(takeover=...)``, on one thread (restored after), or None."""
+    if takeover is None:
+        yield None
+        return
+    import torch
+
+    from arrcoc_steer.models.minivla import load_policy
+
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        yield load_policy(None if takeover == "default" else takeover)
+    finally:
+        torch.set_num_threads(threads)
 
 
 def _read_index(out: Path) -> dict:
@@ -246,12 +291,12 @@ def _read_index(out: Path) -> dict:
 
 
 def _collect_one(env, task, i, path, seed, modifiers, image_size, keep_failures, max_attempts, Modifiers, noise,
-                 max_steps=None, from_subgoal=0) -> list:  # fmt: skip
+                 max_steps=None, from_subgoal=0, driver=None) -> list:  # fmt: skip
     failed_seeds = []
     for attempt in range(max_attempts):
         s = episode_seed(seed, task, i, attempt)
         mods = Modifiers.sample(np.random.default_rng(s)) if modifiers == "random" else Modifiers()
-        arrays, meta = _record_episode(env, s, mods, image_size, noise, max_steps, from_subgoal)
+        arrays, meta = _record_episode(env, s, mods, image_size, noise, max_steps, from_subgoal, driver)
         if meta["success"] is not False or (keep_failures and arrays):  # None: a prefix (max_steps), kept
             meta.update(index=i, attempt=attempt, failed_seeds=failed_seeds)
             _write_atomic(path, arrays, meta)

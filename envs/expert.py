@@ -116,6 +116,20 @@ class ScriptedExpert:
         u = self.env.unwrapped
         self.phase = self._first_phase(u.subgoals[0]) if getattr(u, "subgoals", None) else "reach"
 
+    def replan(self) -> None:
+        """Take over from whatever state the scene is in (another policy drove until now): resume the
+        plan at its first subgoal not done, with the block already in hand carried on from where it
+        is, else approached afresh. What DAgger-style data needs: the expert's correction from states
+        a cloned policy reaches and the expert alone never does."""
+        u = self.env.unwrapped
+        done = u.subgoals_done()
+        self.subgoal_index = next((i for i, ok in enumerate(done) if not ok), len(done))
+        if self.subgoal_index == len(done):
+            return self._go("done")
+        sg = u.subgoals[self.subgoal_index]
+        self._grip = CLOSE if u.finger_qpos().max() < 0.03 else OPEN
+        self._go("lift" if sg.kind != "push" and self._holding(u, sg.obj) else self._first_phase(sg))
+
     def act(self, observation=None) -> np.ndarray:
         """The next action (7,) float32; ``observation`` is unused (the expert is privileged)."""
         u = self.env.unwrapped

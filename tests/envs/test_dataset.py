@@ -4,6 +4,7 @@ import os
 import numpy as np
 import pytest
 
+import envs
 from arrcoc_steer.errors import ConfigError, UnknownNameError
 from envs.dataset import DemoDataset, collect, episode_seed, read_meta
 
@@ -226,3 +227,28 @@ def _root(a: np.ndarray) -> np.ndarray:
     while a.base is not None and isinstance(a.base, np.ndarray):
         a = a.base
     return a
+
+
+def test_takeover_records_the_expert_from_where_the_policy_left_the_scene(tmp_path):
+    from envs.dataset import _driver
+
+    task = "LiftRedBlock"
+    index = collect([task], 1, tmp_path, seed=3, progress=False, modifiers="none", takeover="default")
+    assert index["config"]["takeover"] == "default"
+    ep = DemoDataset(tmp_path)[0]
+    k = ep.meta["takeover_step"]
+    assert k >= 1 and ep.meta["success"]
+    env = envs.make(task)
+    try:  # replay: the shipped policy drives k steps from the same seed, on one thread as collect runs it
+        obs, _ = env.reset(seed=ep.meta["seed"], options={"modifiers": ep.meta["modifiers"]})
+        with _driver("default") as policy:
+            policy.reset()
+            for _ in range(k):
+                obs, *_ = env.step(policy.predict_action(obs, obs["instruction"]))
+    finally:
+        env.close()
+    np.testing.assert_array_equal(ep["state"][0], obs["state"])  # the file starts where the policy stopped
+    np.testing.assert_array_equal(ep["agentview"][0], obs["agentview"])
+    with pytest.raises(ConfigError, match="takeover"):
+        collect([task], 1, tmp_path / "bad", takeover=str(tmp_path / "no_model"))
+    assert not (tmp_path / "bad").exists()

@@ -103,3 +103,44 @@ def test_expert_recovers_from_a_dropped_block(make_env):
         if term or trunc:
             break
     assert dropped and info["success"]
+
+
+def _drive_until(env, seed, condition, limit=400):
+    """Run one expert until ``condition(expert)`` holds; return the obs there (the scene a policy
+    could have led to)."""
+    obs, _ = env.reset(seed=seed)
+    driver = ScriptedExpert(env)
+    for _ in range(limit):
+        if condition(driver):
+            return obs
+        obs, *_ = env.step(driver.act(obs))
+    raise AssertionError("the condition never held")
+
+
+def _finish(env, expert, obs, limit=400):
+    for _ in range(limit):
+        obs, _, term, trunc, info = env.step(expert.act(obs))
+        if term or trunc:
+            return info
+    return info
+
+
+def test_replan_resumes_at_the_first_subgoal_not_done(make_env):
+    env = make_env("PutBothBlocksInTray", render_cameras=False)
+    obs = _drive_until(env, 3, lambda e: e.subgoal_index == 1 and e.phase == "reach")  # red is in the tray
+    expert = ScriptedExpert(env)
+    assert expert.subgoal_index == 0  # a fresh expert would fetch red again
+    expert.replan()
+    assert expert.subgoal_index == 1 and expert.phase == "reach"
+    assert _finish(env, expert, obs)["success"]
+
+
+def test_replan_carries_on_with_the_block_in_hand(make_env):
+    env = make_env("PutRedBlockOnPlate", render_cameras=False)
+    obs = _drive_until(env, 4, lambda e: e.phase == "carry" and e._t > 5)  # held mid-carry
+    expert = ScriptedExpert(env)
+    expert.replan()
+    assert expert.phase == "lift" and expert._grip == 1.0  # keeps hold, no new approach
+    first = expert.act(obs)
+    assert first[6] == 1.0  # the gripper stays closed
+    assert _finish(env, expert, obs)["success"]
