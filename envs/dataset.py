@@ -253,8 +253,8 @@ def _collect_task(task, episodes_per_task, out, seed, modifiers, image_size, kee
     for stale in folder.glob(".tmp-*"):
         stale.unlink()  # left by an interrupted run (each task's folder has one writer)
     failed = []
-    env = envs.make(task, image_size=image_size)
     with _driver(takeover) as driver:
+        env = envs.make(task, image_size=image_size)
         try:
             for i in range(episodes_per_task):
                 path = folder / f"episode_{i:05d}.safetensors"
