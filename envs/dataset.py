@@ -88,7 +88,7 @@ def _record_episode(env, ep_seed: int, modifiers, image_size: int, noise: float 
     takeover = None
     if driver is not None:
         driver.reset()
-        takeover = int(np.random.default_rng([ep_seed, 2]).integers(1, TAKEOVER_WINDOW * env.unwrapped.max_episode_steps))
+        takeover = int(np.random.default_rng([ep_seed, 2]).integers(1, int(TAKEOVER_WINDOW * env.unwrapped.max_episode_steps)))
         for _ in range(takeover):
             obs, reward, terminated, truncated, info = env.step(driver.predict_action(obs, obs["instruction"]))
             if terminated or truncated:
@@ -274,16 +274,11 @@ def _driver(takeover: str | None):
     if takeover is None:
         yield None
         return
-    import torch
-
+    from arrcoc_steer.eval.backends import torch_threads
     from arrcoc_steer.models.minivla import load_policy
 
-    threads = torch.get_num_threads()
-    torch.set_num_threads(1)
-    try:
+    with torch_threads(1):
         yield load_policy(None if takeover == "default" else takeover)
-    finally:
-        torch.set_num_threads(threads)
 
 
 def _read_index(out: Path) -> dict:

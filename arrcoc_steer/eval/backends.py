@@ -99,7 +99,7 @@ def _limit_threads(threads: int) -> None:
 
 
 @contextmanager
-def _torch_threads(threads: int | None):
+def torch_threads(threads: int | None):
     """Run the block with torch on ``threads`` threads (None: unchanged), then restore the caller's."""
     torch = sys.modules.get("torch")
     if threads is None or torch is None:
@@ -125,7 +125,7 @@ class SerialBackend:
 
     def run(self, jobs: Iterable[Job]) -> Iterator[EpisodeRecord]:
         for job in jobs:
-            with _torch_threads(self.threads):
+            with torch_threads(self.threads):
                 record = self.runner(job)
             yield record
 
