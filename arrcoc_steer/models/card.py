@@ -14,6 +14,8 @@ from __future__ import annotations
 
 import argparse
 import json
+import re
+import shutil
 from pathlib import Path
 
 
@@ -99,6 +101,7 @@ def collect_command(dataset: Path) -> str:
     flags += f" --noise {cfg['noise']}" if cfg.get("noise") else ""
     flags += f" --max-steps {cfg['max_steps']}" if cfg.get("max_steps") else ""
     flags += f" --from-subgoal {cfg['from_subgoal']}" if cfg.get("from_subgoal") else ""
+    flags += f" --takeover {cfg['takeover']}" if cfg.get("takeover") else ""
     return f"`arrcoc-steer collect --episodes {per_task}{flags} --out data/{dataset.name}` ({len(eps)} episodes)"
 
 
@@ -125,29 +128,58 @@ def stage_command(cfg: dict, run: Path, previous: Path | None) -> str:
     return f"`arrcoc-steer train --data {data}{init} {flags} --out runs/{run.name}`"
 
 
+class ParentCard:
+    """What a model's card says of the stages before it: its data commands, numbered stages and note.
+
+    A model fine-tuned from a released one (``write_model_card(parent=...)``) keeps them, so its card
+    lists the whole recipe even when the earlier stages' run folders are gone."""
+
+    def __init__(self, text: str):
+        section = {m.group(1): m.group(2) for m in re.finditer(r"^## (\w+)\n(.*?)(?=^## |\Z)", text, re.M | re.S)}
+        self.data = re.findall(r"`arrcoc-steer collect [^`]*` \(\d+ episodes\)", section.get("Data", ""))
+        self.stages = re.findall(r"^\d+\. (`arrcoc-steer train [^`]*`.*)$", section.get("Training", ""), re.M)
+        self.notes = re.findall(r"^Note: (.*)$", section.get("Training", ""), re.M)
+        if not self.stages:
+            raise ValueError("the parent card lists no training stage ('1. `arrcoc-steer train ...`' lines under '## Training')")
+        self.last_run = Path(re.search(r"--out (\S+)`", self.stages[-1]).group(1))
+
+    def names(self, dataset: Path) -> bool:
+        return f"--out data/{dataset.name}`" in " ".join(self.data)
+
+
 def write_model_card(model: Path, train: list[Path], success: Path | None = None, modifiers: Path | None = None,
-                     latency: Path | None = None, rewired: bool = True, note: str | None = None) -> Path:  # fmt: skip
+                     latency: Path | None = None, rewired: bool = True, note: str | None = None,
+                     parent: Path | None = None) -> Path:  # fmt: skip
     """Write ``model/MODEL_CARD.md``. ``train``: the run folders of the stages that made the model, in
-    order (a fresh run, then each fine-tuning run that started from the previous one's model)."""
+    order (a fresh run, then each fine-tuning run that started from the previous one's model).
+    ``parent``: the card (MODEL_CARD.md) of the model the first of them started from, whose data, stages
+    and note come first; its training curve stays in ``train_curve.png`` and the new stages' go to
+    ``train_curve_refit.png``."""
     from ..train import plot_training_curve
 
+    earlier = ParentCard(Path(parent).read_text()) if parent else None
     train = [Path(t) for t in train]
     configs = [json.loads((t / "train_config.json").read_text()) for t in train]
     logs = [[json.loads(line) for line in (t / "train_log.jsonl").read_text().splitlines()] for t in train]
-    plot_training_curve([t / "train_log.jsonl" for t in train], model / "train_curve.png")
+    curve = "train_curve_refit.png" if earlier else "train_curve.png"
+    plot_training_curve([t / "train_log.jsonl" for t in train], model / curve)
+    if earlier and (Path(parent).parent / "train_curve.png").resolve() != (model / "train_curve.png").resolve():
+        shutil.copyfile(Path(parent).parent / "train_curve.png", model / "train_curve.png")
     config = json.loads((model / "config.json").read_text())
     extra = config.get("extra", {})
-    datasets = list(dict.fromkeys(Path(d) for c in configs for d in c["data"]))
+    datasets = [d for d in dict.fromkeys(Path(d) for c in configs for d in c["data"]) if not (earlier and earlier.names(d))]
     decode_flag = f" --decode {config['decode']}" if config.get("decode", "argmax") != "argmax" else ""
-    stages = []
+    stages = [f"{i + 1}. {line}" for i, line in enumerate(earlier.stages)] if earlier else []
     for i, (t, cfg, log) in enumerate(zip(train, configs, logs)):
         last = log[-1]
         minutes = (last["step"] * cfg["batch_size"] / last["samples_per_s"] + last.get("head_cache_s", 0)) / 60
         measured = [f"{label} {last[key]:{fmt}}" for key, label, fmt in STAGE_METRICS if key in last]
+        previous = train[i - 1] if i else (earlier.last_run if earlier else None)
         stages.append(
-            f"{i + 1}. {stage_command(cfg, t, train[i - 1] if i else None)}: step {last['step']}, "
+            f"{len(stages) + 1}. {stage_command(cfg, t, previous)}: step {last['step']}, "
             f"{', '.join(measured)}; {last['samples_per_s']:.1f} samples/s, about {minutes:.0f} min on the machine that trained it."
         )  # fmt: skip
+    notes = (earlier.notes if earlier else []) + ([note] if note else [])
     parts = [
         "# MiniVLA — model card",
         "The default policy of arrcoc_steer: the pretrained all-MiniLM-L6-v2 backbone (frozen; LoRA on attention "
@@ -156,7 +188,7 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
         "## Data",
         "Scripted-expert demonstrations of the 15 tasks of `envs`, random behaviour modifiers (speed, height, care) "
         "in the instructions, segmentation-derived grounding labels: "
-        + "; ".join(collect_command(d) for d in datasets)
+        + "; ".join((earlier.data if earlier else []) + [collect_command(d) for d in datasets])
         + f". The last stage trained on {extra.get('episodes', '?')} episodes, {extra.get('frames', '?')} frames. "
         "`--noise` runs (DART) execute the expert's translation plus correlated noise and record its clean action; "
         "`--max-steps` runs record only each episode's first steps (perception data for the grounding).",
@@ -169,8 +201,9 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
            f"{' '.join(f'data/{Path(d).name}' for d in configs[-1]['data'])}` wrote `release_threshold: {config['release_threshold']}` "
            "(the P(open) at which a hand with closed fingers opens; best balanced accuracy on the held-out frames)."]
           if config.get("release_threshold") is not None else []),
-        *([f"Note: {note}"] if note else []),
+        *[f"Note: {n}" for n in notes],
         "![training curve](train_curve.png)",
+        *(["![training curve of the refit stages](train_curve_refit.png)"] if earlier else []),
     ]
     if success:
         results = json.loads((success / "results.json").read_text())
@@ -206,8 +239,11 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--latency", type=Path)
     p.add_argument("--no-rewired", dest="rewired", action="store_false")
     p.add_argument("--note", help="provenance the run folder cannot show (e.g. a run resumed with other flags)")
+    p.add_argument("--parent", type=Path, help="the MODEL_CARD.md of the model the first --train stage started from "
+                   "(its data, stages and notes come first)")  # fmt: skip
     args = p.parse_args(argv)
-    print(write_model_card(args.model, args.train, args.success, args.modifiers, args.latency, args.rewired, args.note))
+    print(write_model_card(args.model, args.train, args.success, args.modifiers, args.latency, args.rewired, args.note,
+                           args.parent))  # fmt: skip
     return 0
 
 

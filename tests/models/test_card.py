@@ -1,5 +1,7 @@
 import json
 
+import pytest
+
 from arrcoc_steer.eval import evaluate
 from arrcoc_steer.models.card import modifier_table, success_table, sweep_command
 
@@ -57,3 +59,41 @@ def test_card_describes_each_training_stage_and_its_data(tmp_path):
             "`release_threshold: 0.09`") in card  # fmt: skip
     assert "`arrcoc-steer reproduce`" in card
     assert (model / "train_curve.png").stat().st_size > 1000
+
+
+def test_a_refit_models_card_keeps_its_parents_stages_and_data(tmp_path):
+    from arrcoc_steer.models.card import write_model_card
+
+    parent = tmp_path / "release"
+    parent.mkdir()
+    (parent / "train_curve.png").write_bytes(b"\x89PNG parent curve")
+    (parent / "MODEL_CARD.md").write_text(
+        "# MiniVLA\n\n## Data\n\nDemos: `arrcoc-steer collect --episodes 3 --out data/demos` (45 episodes). More.\n\n"
+        "## Training\n\n1. `arrcoc-steer train --data data/demos --steps 100 --out runs/minivla`: step 100.\n"
+        "2. `arrcoc-steer train --data data/demos --init runs/minivla/model --steps 50 --out runs/head`: step 50.\n\n"
+        "Note: stage 1 was resumed.\n\n## Success\n\n| a table |\n")  # fmt: skip
+    (tmp_path / "takeover").mkdir()
+    eps = [{"task": "LiftRedBlock", "length": 9}] * 2
+    (tmp_path / "takeover" / "index.json").write_text(json.dumps({"config": {"seed": 81, "takeover": "runs/head/model"},
+                                                                   "episodes": eps}))  # fmt: skip
+    run = tmp_path / "runs" / "refit"
+    run.mkdir(parents=True)
+    (run / "train_config.json").write_text(json.dumps({"data": [str(tmp_path / "demos"), str(tmp_path / "takeover")],
+                                                       "batch_size": 256, "steps": 20, "train_only": "head"}))  # fmt: skip
+    (run / "train_log.jsonl").write_text(json.dumps({"step": 20, "action_loss": 2.5, "samples_per_s": 256.0}))
+    model = tmp_path / "model"
+    model.mkdir()
+    (model / "config.json").write_text(json.dumps({"extra": {"episodes": 47, "frames": 400}}))
+    card = write_model_card(model, [run], rewired=False, note="the takeover data came from stage 2.",
+                            parent=parent / "MODEL_CARD.md").read_text()  # fmt: skip
+    data = card.split("## Data")[1].split("## Training")[0]
+    assert data.count("arrcoc-steer collect") == 2  # the parent's demos once, then the new folder
+    assert ("`arrcoc-steer collect --episodes 2 --tasks LiftRedBlock --seed 81 --takeover runs/head/model "
+            "--out data/takeover` (2 episodes)") in data  # fmt: skip
+    assert "2. `arrcoc-steer train --data data/demos --init runs/minivla/model --steps 50 --out runs/head`" in card
+    assert "3. `arrcoc-steer train --data data/demos data/takeover --init runs/head/model --batch-size 256 --steps 20" in card
+    assert "Note: stage 1 was resumed." in card and "Note: the takeover data came from stage 2." in card
+    assert (model / "train_curve.png").read_bytes() == b"\x89PNG parent curve"  # the parent's stages, kept
+    assert (model / "train_curve_refit.png").stat().st_size > 1000
+    with pytest.raises(ValueError, match="no training stage"):
+        write_model_card(model, [run], rewired=False, parent=model / "config.json")
