@@ -163,8 +163,9 @@ def write_model_card(model: Path, train: list[Path], success: Path | None = None
     logs = [[json.loads(line) for line in (t / "train_log.jsonl").read_text().splitlines()] for t in train]
     curve = "train_curve_refit.png" if earlier else "train_curve.png"
     plot_training_curve([t / "train_log.jsonl" for t in train], model / curve)
-    if earlier and (Path(parent).parent / "train_curve.png").resolve() != (model / "train_curve.png").resolve():
-        shutil.copyfile(Path(parent).parent / "train_curve.png", model / "train_curve.png")
+    parent_curve = Path(parent).parent / "train_curve.png" if earlier else None
+    if parent_curve and parent_curve.is_file() and parent_curve.resolve() != (model / "train_curve.png").resolve():
+        shutil.copyfile(parent_curve, model / "train_curve.png")
     config = json.loads((model / "config.json").read_text())
     extra = config.get("extra", {})
     datasets = [d for d in dict.fromkeys(Path(d) for c in configs for d in c["data"]) if not (earlier and earlier.names(d))]
