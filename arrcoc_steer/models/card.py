@@ -4,6 +4,13 @@
         --train runs/minivla runs/minivla_ft --success runs/minivla_success --modifiers runs/minivla_modifiers \\
         --latency runs/latency.json
 
+A model refitted from a released one lists only its own stages and names the release's card, whose
+stages come first (the shipped card, stage 7 on top of stages 1-6):
+
+    git show 0a3cdda:arrcoc_steer/checkpoints/minivla/MODEL_CARD.md > parent.md  # the stage-6 card, last written there
+    python -m arrcoc_steer.models.card --model arrcoc_steer/checkpoints/minivla --train runs/takeover_h1 \\
+        --parent parent.md --success runs/h1_success --modifiers runs/h1_modifiers --latency runs/h1_latency.json
+
 Sources: the training run folders, one per stage (``train_config.json``, ``train_log.jsonl``),
 the sweeps of ``examples/sweeps/minivla_success.yaml`` and ``minivla_modifiers.yaml`` (their
 ``results.json``), ``benchmarks/bench_policy.py --json`` output, and the neuron atlases of the base
