@@ -94,3 +94,17 @@ def test_trace_episode_example_prints_beliefs_beside_the_truth():
     assert "success: False after 12 steps" in out.stdout
     bad = run("trace_episode.py", "--task", "PutRedInTrayThenBlueOnPlate", "--every", "0")
     assert bad.returncode == 2 and "--every must be >= 1" in bad.stderr
+
+
+def test_trace_episode_prints_the_replanned_experts_action_without_changing_the_episode():
+    args = ("trace_episode.py", "--task", "PushRedBlockToZone", "--seed", "7000000", "--max-steps", "6", "--every", "5")
+    plain, traced = run(*args), run(*args, "--actions")
+    assert plain.returncode == 0 and traced.returncode == 0, traced.stderr[-2000:]
+    rows = [[line for line in out.stdout.splitlines() if line[:4].strip().isdigit()] for out in (plain, traced)]
+    assert rows[0] == rows[1] and len(rows[0]) == 2  # asking the expert leaves the policy's episode as it was
+    expert = [line for line in traced.stdout.splitlines() if "expert 'push_reach'" in line]
+    assert len(expert) == 2 and "expert" not in plain.stdout
+    # the expert first turns the hand to face the push: its yaw command is saturated
+    assert "| -1.00 (" in expert[0].split("dyaw")[1] or "| +1.00 (" in expert[0].split("dyaw")[1]
+    splits = [float(x) for x in expert[0].split("(")[-1].rstrip(")").split("/")]
+    assert all(0.0 <= x <= 1.0 for x in splits)
