@@ -25,6 +25,8 @@ import re
 import shutil
 from pathlib import Path
 
+from ..errors import ConfigError
+
 
 def rewired_fraction(model_dir: Path) -> dict:
     """Share of FFN neurons whose top-10 projected tokens are mostly action bins, before and after."""
@@ -146,9 +148,11 @@ class ParentCard:
         self.data = re.findall(r"`arrcoc-steer collect [^`]*` \(\d+ episodes\)", section.get("Data", ""))
         self.stages = re.findall(r"^\d+\. (`arrcoc-steer train [^`]*`.*)$", section.get("Training", ""), re.M)
         self.notes = re.findall(r"^Note: (.*)$", section.get("Training", ""), re.M)
-        if not self.stages:
-            raise ValueError("the parent card lists no training stage ('1. `arrcoc-steer train ...`' lines under '## Training')")
-        self.last_run = Path(re.search(r"--out (\S+)`", self.stages[-1]).group(1))
+        out = re.search(r"--out (\S+)`", self.stages[-1]) if self.stages else None
+        if out is None:
+            raise ConfigError("the parent card lists no training stage ending in --out ('1. `arrcoc-steer train ... "
+                              "--out runs/NAME`' lines under '## Training')")  # fmt: skip
+        self.last_run = Path(out.group(1))
 
     def names(self, dataset: Path) -> bool:
         return f"--out data/{dataset.name}`" in " ".join(self.data)

@@ -2,6 +2,7 @@ import json
 
 import pytest
 
+from arrcoc_steer.errors import ConfigError
 from arrcoc_steer.eval import evaluate
 from arrcoc_steer.models.card import modifier_table, success_table, sweep_command
 
@@ -95,5 +96,5 @@ def test_a_refit_models_card_keeps_its_parents_stages_and_data(tmp_path):
     assert "Note: stage 1 was resumed." in card and "Note: the takeover data came from stage 2." in card
     assert (model / "train_curve.png").read_bytes() == b"\x89PNG parent curve"  # the parent's stages, kept
     assert (model / "train_curve_refit.png").stat().st_size > 1000
-    with pytest.raises(ValueError, match="no training stage"):
+    with pytest.raises(ConfigError, match="no training stage"):
         write_model_card(model, [run], rewired=False, parent=model / "config.json")
