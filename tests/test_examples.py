@@ -5,6 +5,8 @@ import subprocess
 import sys
 from pathlib import Path
 
+import numpy as np
+
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -108,3 +110,20 @@ def test_trace_episode_prints_the_replanned_experts_action_without_changing_the_
     assert "| -1.00 (" in expert[0].split("dyaw")[1] or "| +1.00 (" in expert[0].split("dyaw")[1]
     splits = [float(x) for x in expert[0].split("(")[-1].rstrip(")").split("/")]
     assert all(0.0 <= x <= 1.0 for x in splits)
+
+
+def test_push_turn_example_sorts_push_episodes_by_the_turn_they_need(tmp_path):
+    run_dir = tmp_path / "run"
+    run_dir.mkdir()
+    header = "task,condition,seed,success,outcome\n"
+    rows = [f"PushRedBlockToZone,budget_uniform_400,{1_000_000 + i},{i % 2}.0,x\n" for i in range(4)]
+    (run_dir / "results.csv").write_text(header + "".join(rows) + "LiftRedBlock,budget_uniform_400,1,1.0,success\n")
+    out = run("push_turn.py", str(run_dir))
+    assert out.returncode == 0, out.stderr[-2000:]
+    lines = [line.split() for line in out.stdout.splitlines() if line.strip()[:1].isdigit()]
+    assert len(lines) == 4  # the push episodes only
+    turns = [float(r[0]) for r in lines]
+    assert turns == sorted(turns) and all(0 <= t <= np.pi for t in turns)
+    assert "median turn" in out.stdout and "(n=" in out.stdout
+    bad = run("push_turn.py", str(tmp_path / "missing"))
+    assert bad.returncode == 2 and "has no results.csv" in bad.stderr
