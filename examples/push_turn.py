@@ -18,7 +18,7 @@ from pathlib import Path
 import numpy as np
 
 import envs
-from envs.expert import _wrap, _yaw_of
+from envs.expert import ScriptedExpert, _wrap, _yaw_of
 
 TASK = "PushRedBlockToZone"
 
@@ -28,8 +28,8 @@ def needed_turn(env, seed: int) -> tuple[float, float]:
     env.reset(seed=seed)
     u = env.unwrapped
     d = u.object_pose("zone")[:2] - u.object_pose("red_block")[:2]
-    direction = float(np.arctan2(d[1], d[0]))
-    return abs(_wrap(_wrap(direction, np.pi) - _yaw_of(u.ee_quat()), 2 * np.pi)), direction
+    target_yaw = ScriptedExpert._push_yaw(d)  # the expert's own rule: the push direction mod 180 degrees
+    return abs(_wrap(target_yaw - _yaw_of(u.ee_quat()), 2 * np.pi)), float(np.arctan2(d[1], d[0]))
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -41,7 +41,7 @@ def main(argv: list[str] | None = None) -> int:
     for run in args.runs:
         if not (run / "results.csv").is_file():
             p.error(f"{run} has no results.csv (an arrcoc-steer eval or sweep folder is needed)")
-        rows += [r for r in csv.DictReader(open(run / "results.csv"))
+        rows += [r for r in csv.DictReader((run / "results.csv").read_text().splitlines())
                  if r["task"] == TASK and (args.condition is None or r["condition"] == args.condition)]  # fmt: skip
     if not rows:
         p.error(f"no {TASK} episodes in {[str(r) for r in args.runs]}")
