@@ -115,6 +115,8 @@ def push_geometry(pointer: torch.Tensor) -> torch.Tensor:
     double = torch.stack([u[..., 0] ** 2 - u[..., 1] ** 2, 2 * u[..., 0] * u[..., 1]], -1)
     seen = torch.minimum(target[..., 2], dest[..., 2])[..., None]
     return torch.cat([u, double, dist], -1) * seen
+
+
 CONFIG_NAME = "config.json"
 
 
