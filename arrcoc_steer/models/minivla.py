@@ -46,6 +46,7 @@ GROUNDING_CLASSES = ("other", "gripper", "target", "destination", "distractor")
 POINTED = (1, 2, 3)  # gripper, target, destination
 POINTER_DIM = 3 * len(POINTED)  # per camera and pointed class: expected x, expected y, presence
 PUSH_GEOMETRY_DIM = 5  # per camera: target->destination direction, its double angle, their distance
+PUSH_SEEN = 0.1  # pointer presence from which push_geometry speaks at full strength
 GRIPPER_DIM = 6  # action dimension of the gripper (-1 open, +1 close)
 FINGERS = slice(7, 9)  # proprio entries of the two finger joints (m; 0.045 fully open)
 # Mean finger joint below this: the fingers are closed, on a block or on nothing. A face-on grasp of a
@@ -105,15 +106,17 @@ def push_geometry(pointer: torch.Tensor) -> torch.Tensor:
     target to the destination (where to stand: behind the block, against it), that direction's double
     angle (cos 2a, sin 2a: the hand's yaw, which faces the push modulo 180 degrees) and the distance
     (when to stop). A linear layer cannot normalise a difference, and the head with only the pointer
-    went down beside the block instead of behind it. Scaled by how surely both are in view, so a
-    camera that sees neither says nothing. (B, n_cam, K, 3) -> (B, n_cam, PUSH_GEOMETRY_DIM).
+    went down beside the block instead of behind it. Faded out where either is out of view (presence
+    under PUSH_SEEN), so a camera that sees neither says nothing; not scaled by presence itself, which
+    stays at 0.2-0.3 for a block the pointer locates exactly (the first version was, and the refit
+    barely used it). (B, n_cam, K, 3) -> (B, n_cam, PUSH_GEOMETRY_DIM).
     """
     target, dest = pointer[..., 1, :], pointer[..., 2, :]
     d = dest[..., :2] - target[..., :2]
     dist = d.norm(dim=-1, keepdim=True)
     u = d / dist.clamp_min(1e-3)
     double = torch.stack([u[..., 0] ** 2 - u[..., 1] ** 2, 2 * u[..., 0] * u[..., 1]], -1)
-    seen = torch.minimum(target[..., 2], dest[..., 2])[..., None]
+    seen = (torch.minimum(target[..., 2], dest[..., 2])[..., None] / PUSH_SEEN).clamp(max=1.0)
     return torch.cat([u, double, dist], -1) * seen
 
 
