@@ -1,4 +1,3 @@
-import numpy as np
 import pytest
 import torch
 
@@ -50,11 +49,11 @@ def test_a_map_per_action_query_runs_as_an_eval_condition(policy, items, tmp_pat
     fitted = ResidualMap.load(path)
     assert fitted.positions == "action" and fitted.maps[5][0].shape == (7, 384, 384) and fitted.name == "quickly"
     obs = items[0]["obs"]
-    with torch.no_grad():
-        plain = policy.predict_action(obs, items[0]["instruction"])
+    with torch.no_grad():  # logits, not decoded actions: an untrained head's decoded bins may not move
+        plain = policy.observe(obs, items[0]["instruction"])[0].action_logits
         with Steerer(policy, fitted) as s:
-            steered = policy.predict_action(obs, items[0]["instruction"])
-    assert s.counts == {"quickly": 7} and not np.allclose(plain, steered)  # one edit per action query
+            steered = policy.observe(obs, items[0]["instruction"])[0].action_logits
+    assert s.counts == {"quickly": 7} and not torch.allclose(plain, steered)  # one edit per action query
     condition = Residual(direction=str(path), strength=0.5, positions="action")
     [made] = condition.interventions(policy, Resources())
     assert isinstance(made, ResidualMap) and made.strength == 0.5
