@@ -129,9 +129,14 @@ def stage_command(cfg: dict, run: Path, previous: Path | None) -> str:
     """The ``arrcoc-steer train`` call of one stage: its data, its parent model, its non-default flags."""
     from ..train import TrainConfig
 
+    def flag(key: str, value) -> str:
+        name = key.replace("_", "-")
+        if isinstance(value, bool):  # argparse's BooleanOptionalAction: --x / --no-x
+            return f"--{name}" if value else f"--no-{name}"
+        return f"--{name} {value}"
+
     defaults = TrainConfig()
-    flags = " ".join(f"--{k.replace('_', '-')} {v}" for k, v in cfg.items()
-                     if k not in STAGE_FLAGS_SKIPPED and v != getattr(defaults, k, None))  # fmt: skip
+    flags = " ".join(flag(k, v) for k, v in cfg.items() if k not in STAGE_FLAGS_SKIPPED and v != getattr(defaults, k, None))
     data = " ".join(f"data/{Path(d).name}" for d in cfg["data"])
     init = f" --init runs/{previous.name}/model" if previous is not None else ""
     return f"`arrcoc-steer train --data {data}{init} {flags} --out runs/{run.name}`"

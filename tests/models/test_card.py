@@ -80,7 +80,8 @@ def test_a_refit_models_card_keeps_its_parents_stages_and_data(tmp_path):
     run = tmp_path / "runs" / "refit"
     run.mkdir(parents=True)
     (run / "train_config.json").write_text(json.dumps({"data": [str(tmp_path / "demos"), str(tmp_path / "takeover")],
-                                                       "batch_size": 256, "steps": 20, "train_only": "head"}))  # fmt: skip
+                                                       "batch_size": 256, "steps": 20, "train_only": "head",
+                                                       "push_geometry": True, "bf16": False}))  # fmt: skip
     (run / "train_log.jsonl").write_text(json.dumps({"step": 20, "action_loss": 2.5, "samples_per_s": 256.0}))
     model = tmp_path / "model"
     model.mkdir()
@@ -93,6 +94,7 @@ def test_a_refit_models_card_keeps_its_parents_stages_and_data(tmp_path):
             "--out data/takeover` (2 episodes)") in data  # fmt: skip
     assert "2. `arrcoc-steer train --data data/demos --init runs/minivla/model --steps 50 --out runs/head`" in card
     assert "3. `arrcoc-steer train --data data/demos data/takeover --init runs/head/model --batch-size 256 --steps 20" in card
+    assert "--push-geometry --no-bf16 --out runs/refit`" in card  # booleans as the CLI spells them
     assert "Note: stage 1 was resumed." in card and "Note: the takeover data came from stage 2." in card
     assert (model / "train_curve.png").read_bytes() == b"\x89PNG parent curve"  # the parent's stages, kept
     assert (model / "train_curve_refit.png").stat().st_size > 1000
