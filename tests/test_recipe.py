@@ -34,7 +34,7 @@ def test_the_shipped_recipe_is_the_model_cards_commands():
     card = (DEFAULT_CHECKPOINT / "MODEL_CARD.md").read_text()
     card_commands = [c for kind in ("collect", "train") for c in re.findall(rf"`arrcoc-steer ({kind} [^`]*)`", card)]
     steps = [s for kind in ("collect", "train") for s in recipe.steps if s.split()[0] == kind]
-    assert len(card_commands) == len(steps) == 13
+    assert len(card_commands) == len(steps) == 14
 
     def settings(line: str) -> dict:
         args = parse_step(line)
@@ -128,7 +128,7 @@ def test_a_recipe_whose_release_holds_no_model_is_an_error(tmp_path):
 def test_reproduce_command_line_dry_run_lists_the_shipped_recipe(tmp_path, capsys):
     assert main(["reproduce", "--dry-run", "--root", str(tmp_path / "root")]) == 0
     out = capsys.readouterr().out
-    assert out.count("(to run)") == len(Recipe.load(SHIPPED_RECIPE).steps) == 15
+    assert out.count("(to run)") == len(Recipe.load(SHIPPED_RECIPE).steps) == 17
     assert not (tmp_path / "root").exists()
     assert main(["reproduce", str(tmp_path / "missing.yaml")]) == 2  # a clear one-line error, no traceback
     assert "no recipe file" in capsys.readouterr().err

@@ -8,8 +8,6 @@ import torch
 import envs
 from arrcoc_steer.models.minivla import DEFAULT_CHECKPOINT, PUSH_GEOMETRY_DIM, MiniVLA, load_policy
 
-PUSH_GEOMETRY_CANDIDATE = DEFAULT_CHECKPOINT.parent / "candidates" / "push_geometry"
-
 
 def test_the_shipped_policy_loads_offline_and_acts_on_a_real_observation():
     policy = load_policy()
@@ -35,21 +33,21 @@ def test_the_shipped_checkpoint_is_small_and_documented():
     json.loads((DEFAULT_CHECKPOINT / "config.json").read_text())
 
 
-def test_the_push_geometry_candidate_loads_and_reads_the_push_direction():
-    """The README's candidate (stage 7's head refitted with push_geometry): its inputs are wired in and
-    trained, so its actions differ from the same head with them zeroed."""
-    candidate = MiniVLA.from_pretrained(PUSH_GEOMETRY_CANDIDATE / "model")
-    assert candidate.config.push_geometry
-    first = candidate.pointer_proj[0]
-    columns = slice(first.in_features - PUSH_GEOMETRY_DIM * candidate.grid_cameras, None)
+def test_the_shipped_policy_reads_the_push_direction():
+    """Stage 8 (push_geometry): the head's geometry inputs are wired in and trained, so its actions differ
+    from the same head with them zeroed."""
+    policy = MiniVLA.from_pretrained(DEFAULT_CHECKPOINT)
+    assert policy.config.push_geometry
+    first = policy.pointer_proj[0]
+    columns = slice(first.in_features - PUSH_GEOMETRY_DIM * policy.grid_cameras, None)
     env = envs.make("PushRedBlockToZone")
     try:
         obs, _ = env.reset(seed=0)
     finally:
         env.close()
-    action = candidate.predict_action(obs, obs["instruction"], budget=400)
+    action = policy.predict_action(obs, obs["instruction"], budget=400)
     assert action.shape == (7,) and np.all(np.isfinite(action))
     with torch.no_grad():
         first.weight[:, columns] = 0
-    blind = candidate.predict_action(obs, obs["instruction"], budget=400)
+    blind = policy.predict_action(obs, obs["instruction"], budget=400)
     assert np.abs(action - blind).max() > 1e-3
