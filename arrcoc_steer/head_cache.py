@@ -92,10 +92,14 @@ def save(cache: HeadCache | GroundingCache, path: Path, meta: dict) -> None:
     save_file(tensors, str(path), metadata={"format": FORMAT, "meta": json.dumps(meta, sort_keys=True)})
 
 
-def weights_digest(model: torch.nn.Module) -> str:
-    """SHA-256 of the trained tensors of a MiniVLA (what the cache's contents depend on)."""
+def weights_digest(model: torch.nn.Module, skip: tuple[str, ...] = ()) -> str:
+    """SHA-256 of the trained tensors of a MiniVLA (what the cache's contents depend on), leaving out
+    those whose names start with ``skip`` (the action head's: nothing a cache stores passes through it,
+    so a refitted or widened head reuses the cache of the model it started from)."""
     h = hashlib.sha256()
     for name, tensor in sorted(model.trainable_state_dict().items()):
+        if skip and name.startswith(skip):
+            continue
         h.update(name.encode())
         h.update(tensor.float().numpy().tobytes())
     return h.hexdigest()[:32]

@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .data import FrameDataset
 from .config import option
 from .errors import ConfigError
-from .models.minivla import GRIPPER_DIM, MiniVLA, MiniVLAConfig, fingers_closed
+from .models.minivla import GRIPPER_DIM, HEAD_INPUTS, MiniVLA, MiniVLAConfig, fingers_closed
 from .regions import CAMERAS, MAX_BUDGET, MIN_BUDGET, RegionGrid
 
 
@@ -74,6 +74,7 @@ class TrainConfig:
     carry_weight: float = option(1.0, 'loss weight of carry frames (hand closed, moving sideways: where the destination decides the action)')
     lower_weight: float = option(1.0, 'loss weight of lowering frames (hand closed, descending: the placement the carry ends in)')
     push_geometry: bool = option(False, 'the action head also reads the target-to-destination direction and distance from its pointer (MiniVLA push_geometry; zero-initialised on a model without it)')
+    hand_yaw: bool = option(False, "the action head also reads the hand's yaw from the proprio (MiniVLA hand_yaw; zero-initialised on a model without it)")
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -92,9 +93,10 @@ class TrainConfig:
             raise ConfigError(f"head_cache must be 0, or a frame count with train_only in {CACHEABLE} (the backbone must be "
                               f"frozen for its outputs to be cached); got head_cache={self.head_cache}, "
                               f"train_only={self.train_only!r}")  # fmt: skip
-        if self.push_geometry and self.train_only == "grounding":
-            raise ConfigError("push_geometry adds inputs to the action head, which train_only='grounding' does not "
-                              "train; use train_only='head' (or 'all')")  # fmt: skip
+        for name in HEAD_INPUTS:
+            if getattr(self, name) and self.train_only == "grounding":
+                raise ConfigError(f"{name} adds inputs to the action head, which train_only='grounding' does not "
+                                  "train; use train_only='head' (or 'all')")  # fmt: skip
         for name in ("carry_weight", "lower_weight"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 (1 = every frame alike), got {getattr(self, name)}")
@@ -220,8 +222,9 @@ class Trainer:
             self.model = MiniVLA(model_config).to(self.device).train()
         if cfg.train_only == "grounding":
             self.model.add_grounding_film()
-        if cfg.push_geometry:
-            self.model.add_push_geometry()
+        for name in HEAD_INPUTS:
+            if getattr(cfg, name):
+                self.model.add_head_input(name)
         prefixes = TRAINABLE[cfg.train_only]
         if prefixes is not None:  # nothing upstream of the head needs a gradient: autograd skips it
             for name, p in self.model.named_parameters():
@@ -338,7 +341,7 @@ class Trainer:
             use = torch.from_numpy(self.rng.random(len(idx)) < self.cfg.teacher_forcing).to(self.device)
             pointer = torch.where(use[:, None, None, None], cache.true_pointer[idx], pointer)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            logits = self.model.action_head(cache.action_hidden[idx], pointer)
+            logits = self.model.action_head(cache.action_hidden[idx], pointer, cache.state[idx])
         loss, stats = self.action_loss(logits, cache.action[idx], cache.state[idx])
         stats["loss"] = loss.item()
         return loss, stats
@@ -353,7 +356,7 @@ class Trainer:
         grounding = cfg.train_only == "grounding"
         self.out.mkdir(parents=True, exist_ok=True)
         self.model.eval()  # the backbone as the policy runs it: no dropout in the cached outputs
-        meta = {"weights": head_cache.weights_digest(self.model), "data": list(cfg.data), "frames": len(self.data),
+        meta = {"weights": head_cache.weights_digest(self.model, skip=TRAINABLE["head"]), "data": list(cfg.data), "frames": len(self.data),
                 "seed": cfg.seed, "holdout_frac": cfg.holdout_frac, "shift_px": cfg.shift_px,
                 "low_budget_frac": cfg.low_budget_frac, "uniform_frac": cfg.uniform_frac}  # fmt: skip
         if cfg.early_frac:
