@@ -31,7 +31,7 @@ from tqdm.auto import tqdm
 from .data import FrameDataset
 from .config import option
 from .errors import ConfigError
-from .models.minivla import GRIPPER_DIM, HEAD_INPUTS, MiniVLA, MiniVLAConfig, fingers_closed
+from .models.minivla import GRIPPER_DIM, MiniVLA, MiniVLAConfig, fingers_closed
 from .regions import CAMERAS, MAX_BUDGET, MIN_BUDGET, RegionGrid
 
 
@@ -74,7 +74,6 @@ class TrainConfig:
     carry_weight: float = option(1.0, 'loss weight of carry frames (hand closed, moving sideways: where the destination decides the action)')
     lower_weight: float = option(1.0, 'loss weight of lowering frames (hand closed, descending: the placement the carry ends in)')
     push_geometry: bool = option(False, 'the action head also reads the target-to-destination direction and distance from its pointer (MiniVLA push_geometry; zero-initialised on a model without it)')
-    hand_yaw: bool = option(False, "the action head also reads the hand's yaw from the proprio (MiniVLA hand_yaw; zero-initialised on a model without it)")
 
     def __post_init__(self):
         self.data = tuple(self.data)
@@ -93,10 +92,9 @@ class TrainConfig:
             raise ConfigError(f"head_cache must be 0, or a frame count with train_only in {CACHEABLE} (the backbone must be "
                               f"frozen for its outputs to be cached); got head_cache={self.head_cache}, "
                               f"train_only={self.train_only!r}")  # fmt: skip
-        for name in HEAD_INPUTS:
-            if getattr(self, name) and self.train_only == "grounding":
-                raise ConfigError(f"{name} adds inputs to the action head, which train_only='grounding' does not "
-                                  "train; use train_only='head' (or 'all')")  # fmt: skip
+        if self.push_geometry and self.train_only == "grounding":
+            raise ConfigError("push_geometry adds inputs to the action head, which train_only='grounding' does not "
+                              "train; use train_only='head' (or 'all')")  # fmt: skip
         for name in ("carry_weight", "lower_weight"):
             if not getattr(self, name) > 0:
                 raise ConfigError(f"{name} must be > 0 (1 = every frame alike), got {getattr(self, name)}")
@@ -222,9 +220,8 @@ class Trainer:
             self.model = MiniVLA(model_config).to(self.device).train()
         if cfg.train_only == "grounding":
             self.model.add_grounding_film()
-        for name in HEAD_INPUTS:
-            if getattr(cfg, name):
-                self.model.add_head_input(name)
+        if cfg.push_geometry:
+            self.model.add_push_geometry()
         prefixes = TRAINABLE[cfg.train_only]
         if prefixes is not None:  # nothing upstream of the head needs a gradient: autograd skips it
             for name, p in self.model.named_parameters():
@@ -341,7 +338,7 @@ class Trainer:
             use = torch.from_numpy(self.rng.random(len(idx)) < self.cfg.teacher_forcing).to(self.device)
             pointer = torch.where(use[:, None, None, None], cache.true_pointer[idx], pointer)
         with torch.autocast(self.device.type, dtype=torch.bfloat16, enabled=self.cfg.bf16):
-            logits = self.model.action_head(cache.action_hidden[idx], pointer, cache.state[idx])
+            logits = self.model.action_head(cache.action_hidden[idx], pointer)
         loss, stats = self.action_loss(logits, cache.action[idx], cache.state[idx])
         stats["loss"] = loss.item()
         return loss, stats
@@ -389,7 +386,8 @@ class Trainer:
 
             path = self.out / f"{'grounding' if grounding else 'head'}_cache_{split}.safetensors"
             kind = head_cache.GroundingCache if grounding else head_cache.HeadCache
-            cache = head_cache.load_or_build(path, {**meta, "split": split, "rows": len(rows)}, make, kind)
+            parent = [Path(cfg.init).parent / path.name] if cfg.init else []  # the run the model came from
+            cache = head_cache.load_or_build(path, {**meta, "split": split, "rows": len(rows)}, make, kind, parent)
             caches.append(cache.to(self.device))
         self.model.train()
         return caches

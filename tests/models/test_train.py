@@ -8,7 +8,7 @@ from safetensors.numpy import save_file as save_numpy
 from safetensors.torch import load_file
 
 from arrcoc_steer.errors import ConfigError
-from arrcoc_steer.models.minivla import HAND_YAW_DIM, PUSH_GEOMETRY_DIM
+from arrcoc_steer.models.minivla import PUSH_GEOMETRY_DIM
 from arrcoc_steer.regions import MAX_BUDGET, MIN_BUDGET, RegionGrid
 from arrcoc_steer.train import POINTER_WEIGHT, TrainConfig, Trainer, sample_allocations, smoothed_targets
 from tests.models.conftest import write_fake_episodes
@@ -88,19 +88,17 @@ def test_train_only_head_changes_the_head_and_nothing_upstream(tmp_path):
     assert all(torch.equal(before[k], after[k]) for k in before if k not in head)  # vision, LoRA, token rows
 
 
-@pytest.mark.parametrize("name, width", [("push_geometry", PUSH_GEOMETRY_DIM * 2), ("hand_yaw", HAND_YAW_DIM)])
-def test_a_head_input_refit_widens_the_pointer_input_and_trains_it(tmp_path, name, width):
+def test_push_geometry_refit_widens_the_pointer_input_and_trains_it(tmp_path):
     write_fake_episodes(tmp_path / "demos", n=4)
-    trainer = Trainer(small_config(tmp_path, steps=3, train_only="head", head_cache=16, lr=1e-2, **{name: True}))
+    trainer = Trainer(small_config(tmp_path, steps=3, train_only="head", head_cache=16, lr=1e-2, push_geometry=True))
     first = trainer.model.pointer_proj[0]
-    assert trainer.model.grid_cameras == 2
-    added = slice(first.in_features - width, None)
-    assert first.weight[:, added].abs().max() == 0  # added as a no-op
+    geometry_columns = slice(first.in_features - PUSH_GEOMETRY_DIM * trainer.model.grid_cameras, None)
+    assert first.weight[:, geometry_columns].abs().max() == 0  # added as a no-op
     model_dir = trainer.run()
-    assert trainer.model.pointer_proj[0].weight[:, added].abs().max() > 0  # and fitted
-    assert json.loads((model_dir / "config.json").read_text())[name] is True
-    with pytest.raises(ConfigError, match=name):
-        small_config(tmp_path, train_only="grounding", **{name: True})
+    assert trainer.model.pointer_proj[0].weight[:, geometry_columns].abs().max() > 0  # and fitted
+    assert json.loads((model_dir / "config.json").read_text())["push_geometry"] is True
+    with pytest.raises(ConfigError, match="push_geometry"):
+        small_config(tmp_path, train_only="grounding", push_geometry=True)
 
 
 def test_train_only_grounding_adds_the_film_and_fits_it_on_the_grounding_losses_alone(tmp_path):
@@ -258,8 +256,10 @@ def test_head_cache_refits_only_the_head_and_reuses_the_cache_until_something_ch
     assert built == []  # same weights, data and settings: read from the run folder
     torch.testing.assert_close(again.cache.action_hidden, trainer.cache.action_hidden)
     refit = Trainer(small_config(tmp_path, out=str(tmp_path / "run"), resume=False, init=str(tmp_path / "run" / "model"),
-                                 hand_yaw=True, **cfg))  # fmt: skip
-    assert built == [] and refit.model.config.hand_yaw  # another head (refitted, widened) on the same upstream weights
+                                 push_geometry=True, **cfg))  # fmt: skip
+    assert built == [] and refit.model.config.push_geometry  # another head (refitted, widened) on the same upstream weights
+    Trainer(small_config(tmp_path, out=str(tmp_path / "refit"), init=str(tmp_path / "run" / "model"), **cfg))
+    assert built == [] and (tmp_path / "refit" / "head_cache_train.safetensors").is_file()  # copied from the parent's run
     Trainer(small_config(tmp_path, out=str(tmp_path / "run"), resume=False, **{**cfg, "seed": 1}))
     assert built == [1, 1]  # another seed draws other frames: both caches rebuilt, never reused stale
     no_holdout = Trainer(small_config(tmp_path, out=str(tmp_path / "all"), holdout_frac=0.0, **cfg))
