@@ -353,9 +353,10 @@ class Trainer:
         grounding = cfg.train_only == "grounding"
         self.out.mkdir(parents=True, exist_ok=True)
         self.model.eval()  # the backbone as the policy runs it: no dropout in the cached outputs
-        meta = {"weights": head_cache.weights_digest(self.model, skip=TRAINABLE["head"]), "data": list(cfg.data), "frames": len(self.data),
-                "seed": cfg.seed, "holdout_frac": cfg.holdout_frac, "shift_px": cfg.shift_px,
-                "low_budget_frac": cfg.low_budget_frac, "uniform_frac": cfg.uniform_frac}  # fmt: skip
+        upstream = head_cache.weights_digest(self.model, skip=TRAINABLE["head"])  # the head feeds no cache
+        meta = {"weights": upstream, "data": list(cfg.data), "frames": len(self.data), "seed": cfg.seed,
+                "holdout_frac": cfg.holdout_frac, "shift_px": cfg.shift_px, "low_budget_frac": cfg.low_budget_frac,
+                "uniform_frac": cfg.uniform_frac}  # fmt: skip
         if cfg.early_frac:
             meta["early_frac"] = cfg.early_frac
         if grounding:
