@@ -17,7 +17,7 @@ A cache is a safetensors file whose metadata names what it was built from (a has
 upstream of the action head, the frames, the seed and the sampling settings); :func:`load_or_build`
 rebuilds it when any of them differ, never reuses a stale one. A head refit started from another
 refit's model (``--init runs/A/model``, same frames and settings) takes runs/A's cache instead of
-rebuilding it: in the shipped recipe, stage 8 reads stage 7's (32,000 frames, ~19 min to build).
+rebuilding it: in the shipped recipe, stage 8 can take stage 7's (32,000 frames, ~19 min to build).
 """
 
 from __future__ import annotations
