@@ -128,7 +128,7 @@ def test_a_recipe_whose_release_holds_no_model_is_an_error(tmp_path):
 def test_reproduce_command_line_dry_run_lists_the_shipped_recipe(tmp_path, capsys):
     assert main(["reproduce", "--dry-run", "--root", str(tmp_path / "root")]) == 0
     out = capsys.readouterr().out
-    assert out.count("(to run)") == len(Recipe.load(SHIPPED_RECIPE).steps) == 17
+    assert out.count("(to run)") == len(Recipe.load(SHIPPED_RECIPE).steps) == 16
     assert not (tmp_path / "root").exists()
     assert main(["reproduce", str(tmp_path / "missing.yaml")]) == 2  # a clear one-line error, no traceback
     assert "no recipe file" in capsys.readouterr().err
