@@ -50,6 +50,34 @@ def test_the_shipped_recipe_is_the_model_cards_commands():
     assert recipe.release == f"{Path(calibrate.model)}" == f"{Path(parse_step(steps[-1]).out)}/model"
 
 
+def _reads_and_writes(step: str) -> tuple[list[str], list[str]]:
+    """The folders a recipe step reads and the one it writes (a train step writes ``out/model``)."""
+    args = parse_step(step)
+    if args.command == "collect":
+        return [args.takeover] if args.takeover not in (None, "default") else [], [args.out]
+    if args.command == "train":
+        return [*args.data, *([args.init] if args.init else [])], [f"{args.out}/model"]
+    if args.command == "calibrate":
+        return [args.model, *args.data], []
+    return [], []
+
+
+@pytest.mark.parametrize(
+    "path", [SHIPPED_RECIPE, *sorted((Path(__file__).parents[1] / "examples" / "recipes").glob("*.yaml"))],
+    ids=lambda p: p.name,
+)
+def test_every_recipe_step_reads_only_what_an_earlier_step_wrote(path):
+    """Each shipped recipe runs from an empty root: no step reads a folder, or a model, before a step makes it."""
+    recipe = Recipe.load(path)
+    written: set[Path] = set()
+    for step in recipe.steps:
+        reads, writes = _reads_and_writes(step)
+        missing = [r for r in reads if Path(r) not in written]
+        assert not missing, f"{path.name}: step {step!r} reads {missing} before any step writes them"
+        written |= {Path(w) for w in writes}
+    assert Path(recipe.release) in written
+
+
 def test_a_recipe_runs_end_to_end_and_a_rerun_skips_what_finished(tmp_path, capsys):
     recipe = Recipe.load(write_recipe(tmp_path / "small.yaml", SMALL_STEPS))
     root, export = tmp_path / "root", tmp_path / "export"
