@@ -26,6 +26,7 @@ import sys
 import time
 from collections.abc import Callable
 
+from .allocator import keep_freed_memory
 from .config import add_options, from_args
 
 Command = Callable[[argparse.Namespace], int]
@@ -43,10 +44,12 @@ def command(name: str, help: str, setup: Callable[[argparse.ArgumentParser], Non
 
 
 def _environment() -> None:
-    """Headless rendering and offline models are the only modes this library runs in by default."""
+    """Headless rendering and offline models are the only modes this library runs in by default;
+    glibc keeps freed memory (:mod:`arrcoc_steer.allocator`)."""
     os.environ.setdefault("MUJOCO_GL", "egl")
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TRANSFORMERS_OFFLINE", "1")
+    keep_freed_memory()  # forward passes over large batches reuse memory instead of page-faulting it in
 
 
 # -- envs ------------------------------------------------------------------------------------
