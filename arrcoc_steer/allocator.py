@@ -2,8 +2,8 @@
 
 A forward pass at batch 64-256 allocates activations of 40-300 MB each. glibc serves any block over
 32 MB with a fresh ``mmap`` and unmaps it on free, so the next batch faults every 4 KB page back in
-and the kernel zeroes each one: caching backbone outputs (``--head-cache``) spent most of its time
-there. With ``mmap`` off and the heap kept (up to ``TRIM_THRESHOLD`` free at its top), freed blocks
+and the kernel zeroes each one: a large share of the time caching backbone outputs (``--head-cache``)
+took. With ``mmap`` off and the heap kept (up to ``TRIM_THRESHOLD`` free at its top), freed blocks
 are reused as they are. Measured on the 2-core CPU (benchmarks/bench_allocator.py): forward passes at
 batch 256, 1.7x the frames per second; at batch 64, 1.2x. Training steps (batch 32) gain nothing
 measurable. The cost is resident memory that stays at its peak (~4 GB while caching at batch 256).

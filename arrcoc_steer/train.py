@@ -104,7 +104,7 @@ class TrainConfig:
 TRAINABLE = {"all": None, "head": ("head.", "head_bias", "pointer_proj."), "grounding": ("grounding_film.",)}
 CACHEABLE = ("head", "grounding")
 EARLY_STEPS = 5  # ``early_frac`` draws from frames t <= EARLY_STEPS of each episode
-CACHE_BATCH = 256  # frames per forward pass while caching: 2.4x the frames/s of 64 with the CLI's allocator setting
+CACHE_BATCH = 256  # frames per forward pass while caching: 1.31x the frames/s of 64 (benchmarks/bench_allocator.py)
 BUDGET_PROBE = (5, 25)  # steps into a run between which ``max_minutes`` times a step (after warm-up kernels)
 
 

@@ -43,7 +43,6 @@ def worker(data: str, batch: int, budget: int, frames: int, tuned: bool) -> dict
     trainer = Trainer(TrainConfig(data=(data,), out=tempfile.mkdtemp(), train_only="head", holdout_frac=0.0))
     trainer.model.eval()
     rng = np.random.default_rng(0)
-
     allocations = np.stack([trainer.grid.uniform(budget)] * batch)
 
     def forward():
